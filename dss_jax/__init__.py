@@ -1,0 +1,1 @@
+"""dss_jax: distilling step-by-step on JAX/Flax."""
