@@ -31,6 +31,7 @@ setup(
         "safetensors>=0.4,<1",
         "numpy>=1.26,<3",
         "tqdm>=4.66",
+        "requests>=2.31,<3",
         "clu>=0.0.12",
     ],
     extras_require={

@@ -1,0 +1,311 @@
+"""SeqIO tasks and mixtures of distilling step-by-step; importing `dss_tasks` registers them.
+
+For each benchmark `b` in cqa, esnli, anli1, svamp and the embedded `arith`, and label
+source `l` in gold, teacher (names as in docs/DESIGN.md):
+
+  dss_{b}_label_{l}                 "predict: x" -> label
+  dss_{b}_rationale                 "explain: x" -> teacher rationale
+  dss_{b}_standard_finetune         x -> gold label
+  dss_{b}_standard_distill          x -> teacher label
+  dss_{b}_rationale_then_label_{l}  x -> "rationale So the answer is label" (ablation)
+  dss_{b}_paired_{l}                label_inputs/label_targets/rationale_inputs/rationale_targets
+  dss_{b}_mix_{l}_lambda{1,0p5,2}   mixture of label and rationale tasks at rates 1 : lambda
+
+and the training-fraction variants `..._frac{12p5,25,50,75}` of all of them.
+`register_dss(benchmark, lam, labels, fraction, seed)` registers any other combination.
+
+Sources read through `dss_jax.data.readers`; the data dir is resolved when a dataset is
+built (`set_data_dir`, else $DSS_DATA_DIR), so tasks whose files are absent register and
+fail only when built, with the reader's clear error. `arith` reads the embedded benchmark
+written once under the cache. Features: `inputs`, `targets` (EOS appended; vocabulary
+chosen by $DSS_VOCAB, see dss_jax.data.vocab), their `_pretokenized` text, and the int32
+scalars `example_id` (row index in the split's file) and `task_id` (0 label-type target,
+1 rationale target). NLI inputs are tokenised as `prefix premise </s> hypothesis </s>`.
+
+Upstream T5X can use the tasks by importing `dss_tasks` from its gin file.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import seqio
+import tensorflow as tf
+
+from dss_jax.data import embedded, metrics, readers, vocab
+
+BENCHMARKS = ("cqa", "esnli", "anli1", "svamp", "arith")
+LABEL_SOURCES = ("gold", "teacher")
+STANDARD_LAMBDAS = (1.0, 0.5, 2.0)
+STANDARD_FRACTIONS = (1.0, 0.125, 0.25, 0.5, 0.75)
+SPLITS = ("train", "validation", "test")
+LABEL_PREFIX = "predict: "
+RATIONALE_PREFIX = "explain: "
+LABEL_TASK_ID = 0
+RATIONALE_TASK_ID = 1
+EMBEDDED_BENCHMARK = "arith"
+
+_data_dir_override: Optional[pathlib.Path] = None
+
+
+def set_data_dir(path: Optional[os.PathLike]) -> None:
+    """Sets the data dir used by datasets built from now on (None: back to $DSS_DATA_DIR)."""
+    global _data_dir_override
+    _data_dir_override = pathlib.Path(path) if path is not None else None
+
+
+def data_dir_for(benchmark: str) -> pathlib.Path:
+    """Where `benchmark`'s files are read from at dataset-build time."""
+    if benchmark == EMBEDDED_BENCHMARK:
+        return embedded.ensure_data_dir()
+    return readers.resolve_data_dir(_data_dir_override)
+
+
+def default_vocab_setting(benchmark: str) -> str:
+    return vocab.EMBEDDED_SETTING if benchmark == EMBEDDED_BENCHMARK else vocab.T5_SETTING
+
+
+# ---------------------------------------------------------------------------- names
+
+
+def _number_suffix(value: float) -> str:
+    return f"{value:g}".replace(".", "p").replace("-", "m")
+
+
+def lambda_suffix(lam: float) -> str:
+    return f"lambda{_number_suffix(lam)}"
+
+
+def variant_suffix(fraction: float = 1.0, seed: int = 0) -> str:
+    """`_frac12p5` for fraction 0.125, `_seed3` for a non-zero subsample seed."""
+    suffix = "" if fraction == 1.0 else f"_frac{_number_suffix(round(100 * fraction, 6))}"
+    return suffix + ("" if seed == 0 else f"_seed{seed}")
+
+
+def task_name(benchmark: str, kind: str, labels: Optional[str] = None, fraction: float = 1.0, seed: int = 0) -> str:
+    """The registered name of one task, e.g. `dss_cqa_label_gold_frac25`."""
+    middle = kind if labels is None else f"{kind}_{labels}"
+    return f"dss_{benchmark}_{middle}{variant_suffix(fraction, seed)}"
+
+
+def mixture_name(benchmark: str, labels: str, lam: float, fraction: float = 1.0, seed: int = 0) -> str:
+    return f"dss_{benchmark}_mix_{labels}_{lambda_suffix(lam)}{variant_suffix(fraction, seed)}"
+
+
+# ---------------------------------------------------------------------------- source
+
+
+@functools.lru_cache(maxsize=64)
+def _examples(data_dir: str, benchmark: str, split: str, fraction: float, subsample_seed: int) -> Tuple[readers.Example, ...]:
+    return tuple(readers.load_split(benchmark, split, data_dir, fraction, subsample_seed).examples)
+
+
+def _source_dataset(
+    split: str, shuffle_files: bool, seed: Optional[int] = None, *, benchmark: str, fraction: float, subsample_seed: int
+) -> tf.data.Dataset:
+    del shuffle_files, seed  # one in-memory "file": seqio shuffles the examples
+    examples = _examples(str(data_dir_for(benchmark)), benchmark, split, fraction, subsample_seed)
+    columns = {
+        "example_id": tf.constant([e.example_id for e in examples], tf.int32),
+        "input_segments": tf.ragged.constant([list(e.input_segments) for e in examples], dtype=tf.string),
+        "gold_label": tf.constant([e.gold_label for e in examples], tf.string),
+        "teacher_label": tf.constant([e.teacher_label for e in examples], tf.string),
+        "teacher_rationale": tf.constant([e.teacher_rationale for e in examples], tf.string),
+    }
+    return tf.data.Dataset.from_tensor_slices(columns)
+
+
+def make_source(benchmark: str, fraction: float, seed: int) -> seqio.FunctionDataSource:
+    readers.get_spec(benchmark)
+    return seqio.FunctionDataSource(
+        dataset_fn=functools.partial(_source_dataset, benchmark=benchmark, fraction=fraction, subsample_seed=seed),
+        splits=SPLITS,
+    )
+
+
+# ---------------------------------------------------------------------------- preprocessors
+
+
+def _with_prefix(prefix: str, segments: tf.Tensor) -> tf.Tensor:
+    """Prepends `prefix` to the first segment of the input."""
+    if not prefix:
+        return segments
+    return tf.concat([[tf.strings.join([prefix, segments[0]])], segments[1:]], axis=0)
+
+
+def _one_segment(text: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(text, [1])
+
+
+def _rationale_then_label(rationale: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
+    joined = tf.strings.join([
+        tf.strings.strip(rationale), " ", metrics.ANSWER_MARKER, " ", tf.strings.strip(label)
+    ])
+    return tf.strings.strip(joined)
+
+
+def _label_field(labels: str) -> str:
+    if labels not in LABEL_SOURCES:
+        raise ValueError(f"labels must be one of {LABEL_SOURCES}, got {labels!r}")
+    return "gold_label" if labels == "gold" else "teacher_label"
+
+
+def build_text_features(kind: str, labels: Optional[str]) -> Callable[[Mapping[str, tf.Tensor]], Dict[str, tf.Tensor]]:
+    """The per-example map from source fields to `<feature>_segments` text features."""
+
+    def label_example(x, prefix, field, task_id):
+        return {
+            "example_id": x["example_id"],
+            "task_id": tf.constant(task_id, tf.int32),
+            "inputs_segments": _with_prefix(prefix, x["input_segments"]),
+            "targets_segments": _one_segment(x[field]),
+        }
+
+    if kind == "label":
+        return lambda x: label_example(x, LABEL_PREFIX, _label_field(labels), LABEL_TASK_ID)
+    if kind == "rationale":
+        return lambda x: label_example(x, RATIONALE_PREFIX, "teacher_rationale", RATIONALE_TASK_ID)
+    if kind == "standard_finetune":
+        return lambda x: label_example(x, "", "gold_label", LABEL_TASK_ID)
+    if kind == "standard_distill":
+        return lambda x: label_example(x, "", "teacher_label", LABEL_TASK_ID)
+    if kind == "rationale_then_label":
+        field = _label_field(labels)
+        return lambda x: {
+            "example_id": x["example_id"],
+            "task_id": tf.constant(LABEL_TASK_ID, tf.int32),
+            "inputs_segments": x["input_segments"],
+            "targets_segments": _one_segment(_rationale_then_label(x["teacher_rationale"], x[field])),
+        }
+    if kind == "paired":
+        field = _label_field(labels)
+        return lambda x: {
+            "example_id": x["example_id"],
+            "label_inputs_segments": _with_prefix(LABEL_PREFIX, x["input_segments"]),
+            "label_targets_segments": _one_segment(x[field]),
+            "rationale_inputs_segments": _with_prefix(RATIONALE_PREFIX, x["input_segments"]),
+            "rationale_targets_segments": _one_segment(x["teacher_rationale"]),
+        }
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def encode_segments(segments: tf.Tensor, vocabulary: seqio.Vocabulary) -> tf.Tensor:
+    """Token ids of the segments joined by EOS (no trailing EOS: seqio appends it)."""
+    pieces = vocabulary.encode_tf(segments)  # ragged [num_segments, None]
+    separators = tf.fill([tf.shape(segments)[0], 1], tf.constant(vocabulary.eos_id, tf.int32))
+    joined = tf.concat([tf.cast(pieces, tf.int32), separators], axis=1).flat_values
+    return joined[:-1]
+
+
+def tokenize_segments(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+    """Turns every `<feature>_segments` into token ids `<feature>` and text `<feature>_pretokenized`."""
+
+    def tokenize(example):
+        result = {}
+        for key, value in example.items():
+            if not key.endswith("_segments"):
+                result[key] = value
+                continue
+            feature = key[: -len("_segments")]
+            vocabulary = output_features[feature].vocabulary
+            result[feature] = encode_segments(value, vocabulary)
+            result[f"{feature}_pretokenized"] = tf.strings.reduce_join(value, separator=readers.EOS_PIECE)
+        return result
+
+    return dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+def _output_features(benchmark: str, kind: str) -> Dict[str, seqio.Feature]:
+    vocabulary = vocab.SettingVocabulary(default_vocab_setting(benchmark))
+    names = (
+        ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
+        if kind == "paired"
+        else ("inputs", "targets")
+    )
+    return {name: seqio.Feature(vocabulary=vocabulary, add_eos=True, dtype=tf.int32) for name in names}
+
+
+def _postprocess_and_metrics(benchmark: str, kind: str):
+    if kind == "rationale":
+        return metrics.rationale_postprocessor, [metrics.exact_match_accuracy]
+    if kind == "rationale_then_label":
+        return metrics.label_from_rationale_then_label, [metrics.seqio_metric_fn(benchmark)]
+    return metrics.label_postprocessor, [metrics.seqio_metric_fn(benchmark)]
+
+
+TASK_KINDS: Tuple[Tuple[str, Optional[str]], ...] = (
+    ("label", "gold"),
+    ("label", "teacher"),
+    ("rationale", None),
+    ("standard_finetune", None),
+    ("standard_distill", None),
+    ("rationale_then_label", "gold"),
+    ("rationale_then_label", "teacher"),
+    ("paired", "gold"),
+    ("paired", "teacher"),
+)
+
+
+def register_task(benchmark: str, kind: str, labels: Optional[str] = None, fraction: float = 1.0, seed: int = 0) -> str:
+    """Registers one task (once) and returns its name."""
+    name = task_name(benchmark, kind, labels, fraction, seed)
+    if name in seqio.TaskRegistry.names():
+        return name
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    postprocess_fn, metric_fns = _postprocess_and_metrics(benchmark, kind)
+    seqio.TaskRegistry.add(
+        name,
+        source=make_source(benchmark, fraction, seed),
+        preprocessors=[
+            seqio.map_over_dataset(build_text_features(kind, labels)),
+            tokenize_segments,
+            seqio.CacheDatasetPlaceholder(),
+            seqio.preprocessors.append_eos_after_trim,
+        ],
+        output_features=_output_features(benchmark, kind),
+        postprocess_fn=postprocess_fn,
+        metric_fns=metric_fns,
+    )
+    return name
+
+
+def register_dss(benchmark: str, lam: float = 1.0, labels: str = "gold", fraction: float = 1.0, seed: int = 0) -> str:
+    """Registers the label/rationale tasks and their 1 : lam mixture; returns the mixture name."""
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; known: {BENCHMARKS}")
+    if not lam > 0:
+        raise ValueError(f"lambda must be positive, got {lam}")
+    _label_field(labels)
+    name = mixture_name(benchmark, labels, lam, fraction, seed)
+    label_task = register_task(benchmark, "label", labels, fraction, seed)
+    rationale_task = register_task(benchmark, "rationale", None, fraction, seed)
+    if name not in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.add(name, [(label_task, 1.0), (rationale_task, float(lam))])
+    return name
+
+
+def register_benchmark(benchmark: str, fraction: float = 1.0, seed: int = 0) -> List[str]:
+    """Every task kind and standard mixture of one benchmark/fraction; returns the names."""
+    names = [register_task(benchmark, kind, labels, fraction, seed) for kind, labels in TASK_KINDS]
+    for labels in LABEL_SOURCES:
+        for lam in STANDARD_LAMBDAS:
+            names.append(register_dss(benchmark, lam, labels, fraction, seed))
+    return names
+
+
+def register_all() -> List[str]:
+    return [
+        name
+        for benchmark in BENCHMARKS
+        for fraction in STANDARD_FRACTIONS
+        for name in register_benchmark(benchmark, fraction)
+    ]
+
+
+REGISTERED_NAMES = tuple(register_all())

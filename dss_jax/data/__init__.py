@@ -3,6 +3,7 @@ parsers, metrics, vocabularies, loss weights for λ, and the embedded offline be
 
 `python -m dss_jax.data {stats,fetch,train_vocab,write_embedded}` is the command line.
 """
+from dss_jax.data.lambda_weights import paired_loss_weights, per_sequence_loss_weights
 from dss_jax.data.parsing import ParsedTeacher, parse_teacher_output
 from dss_jax.data.readers import (
     BENCHMARKS,
@@ -22,6 +23,8 @@ __all__ = [
     "SplitData",
     "TeacherOutputCountError",
     "load_split",
+    "paired_loss_weights",
+    "per_sequence_loss_weights",
     "parse_teacher_output",
     "resolve_data_dir",
 ]

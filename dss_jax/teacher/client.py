@@ -251,7 +251,7 @@ class TeacherClient:
                 )
                 self._sleep(wait_s)
         raise TeacherRequestError(
-            f"POST {self.url} failed after {attempts} attempts; last error: {last_reason}"
+            redact(f"POST {self.url} failed after {attempts} attempts; last error: {last_reason}", self._api_key)
         )
 
     def _wait_before_retry(self, retry_index: int, retry_after_s: Optional[float]) -> float:

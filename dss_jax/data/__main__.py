@@ -1,0 +1,117 @@
+"""Command line of dss_jax.data.
+
+  python -m dss_jax.data stats --benchmark cqa --data_dir DIR [--json] [--lenient]
+  python -m dss_jax.data fetch --yes [--sha256 HEX] [--cache_dir DIR]
+  python -m dss_jax.data train_vocab --input a.txt [b.txt ...] --output x.model --vocab_size N
+  python -m dss_jax.data train_vocab --embedded      # the embedded benchmark's vocabulary
+  python -m dss_jax.data write_embedded --data_dir DIR   # arith/ in the datasets.zip layout
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import List, Optional
+
+
+def _stats(args) -> int:
+    from dss_jax.data import readers, stats
+
+    try:
+        result = stats.benchmark_stats(args.benchmark, args.data_dir, args.fraction, args.seed, not args.lenient)
+    except (readers.DataFileMissingError, readers.TeacherOutputCountError, readers.BadRowError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+    else:
+        print(stats.format_table(args.benchmark, result))
+    return 0
+
+
+def _fetch(args) -> int:
+    from dss_jax.data import fetch
+
+    if not args.yes:
+        print(
+            f"would download {fetch.DATASETS_ZIP_URL} into {fetch.cache_dir(args.cache_dir)}; "
+            "pass --yes to do it",
+            file=sys.stderr,
+        )
+        return 1
+    data_dir = fetch.fetch_datasets(args.sha256, args.cache_dir)
+    print(f"datasets unpacked to {data_dir}; use DSS_DATA_DIR={data_dir}")
+    return 0
+
+
+def _train_vocab(args) -> int:
+    from dss_jax.data import vocab
+
+    if args.embedded:
+        print(vocab.embedded_vocab_path(args.cache_dir))
+        return 0
+    if not args.input or not args.output:
+        print("error: --input and --output are required (or pass --embedded)", file=sys.stderr)
+        return 2
+    lines: List[str] = []
+    for path in args.input:
+        lines.extend(pathlib.Path(path).read_text(encoding="utf-8").splitlines())
+    print(vocab.train_sentencepiece(lines, args.output, args.vocab_size, args.model_type))
+    return 0
+
+
+def _write_embedded(args) -> int:
+    from dss_jax.data import embedded
+
+    config = embedded.ArithConfig(seed=args.seed, teacher_error_rate=args.teacher_error_rate)
+    print(embedded.write_benchmark(args.data_dir, config) / embedded.BENCHMARK)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dss_jax.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    stats = commands.add_parser("stats", help="rows, teacher outputs, parse failures, teacher accuracy per split")
+    stats.add_argument("--benchmark", required=True, choices=["cqa", "esnli", "anli1", "svamp", "arith"])
+    stats.add_argument("--data_dir", default=None, help="datasets.zip layout folder (default $DSS_DATA_DIR)")
+    stats.add_argument("--json", action="store_true", help="one JSON object keyed by split")
+    stats.add_argument("--fraction", type=float, default=1.0, help="training fraction (seeded subsample)")
+    stats.add_argument("--seed", type=int, default=0, help="seed of the training subsample")
+    stats.add_argument("--lenient", action="store_true",
+                       help="count teacher-output/row count mismatches instead of failing")
+    stats.set_defaults(run=_stats)
+
+    fetch = commands.add_parser("fetch", help="download the paper's datasets.zip into the cache")
+    fetch.add_argument("--yes", action="store_true", help="really download")
+    fetch.add_argument("--sha256", default=None, help="expected sha256 of datasets.zip")
+    fetch.add_argument("--cache_dir", default=None, help="default $DSS_CACHE_DIR or ~/.cache/dss_jax")
+    fetch.set_defaults(run=_fetch)
+
+    train_vocab = commands.add_parser("train_vocab", help="train a T5-style SentencePiece model")
+    train_vocab.add_argument("--input", nargs="*", help="text files, one sentence a line")
+    train_vocab.add_argument("--output", help="path of the .model file to write")
+    train_vocab.add_argument("--vocab_size", type=int, default=8000)
+    train_vocab.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
+    train_vocab.add_argument("--embedded", action="store_true",
+                             help="train (or find) the embedded benchmark's vocabulary and print its path")
+    train_vocab.add_argument("--cache_dir", default=None)
+    train_vocab.set_defaults(run=_train_vocab)
+
+    write = commands.add_parser("write_embedded", help="write the arith benchmark in the datasets.zip layout")
+    write.add_argument("--data_dir", required=True)
+    write.add_argument("--seed", type=int, default=0)
+    write.add_argument("--teacher_error_rate", type=float, default=0.1)
+    write.set_defaults(run=_write_embedded)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

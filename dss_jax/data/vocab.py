@@ -1,0 +1,175 @@
+"""The SentencePiece vocabulary of the SeqIO tasks, chosen by one setting: `DSS_VOCAB`.
+
+- unset, or `t5`: T5's public vocabulary
+  `gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model` with 100 extra ids
+  (32100 ids, as the T5 1.1 checkpoints); loaded only when first used, so tasks register
+  offline.
+- `embedded`: a SentencePiece model that the project trains deterministically on the
+  embedded `arith` benchmark's text and caches under `$DSS_CACHE_DIR` (default
+  ~/.cache/dss_jax); pad 0, eos 1, unk 2 like T5.
+- a path to any SentencePiece `.model` file (e.g. ../shared/bench/spm8k.model).
+
+The embedded benchmark's tasks default to `embedded` (they are the offline path); every
+other benchmark defaults to T5's. `DSS_VOCAB` overrides both.
+
+`SettingVocabulary` resolves the setting each time it is used (not at import), so tasks
+registered in one process follow the environment of the moment; it compares equal to a
+plain `seqio.SentencePieceVocabulary` of the same file (T5X checks that the model's and
+the tasks' vocabularies match).
+
+`train_sentencepiece` is the project's vocabulary trainer (`python -m dss_jax.data
+train_vocab --input text.txt --output my.model --vocab_size 1000`).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import tempfile
+import threading
+from typing import Iterable, Optional
+
+import seqio
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+
+from dss_jax.data.fetch import cache_dir
+
+VOCAB_ENV = "DSS_VOCAB"
+T5_SETTING = "t5"
+EMBEDDED_SETTING = "embedded"
+T5_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+T5_EXTRA_IDS = 100
+EMBEDDED_VOCAB_SIZE = 256
+
+_train_lock = threading.Lock()
+
+
+def train_sentencepiece(lines: Iterable[str], output_path: os.PathLike, vocab_size: int,
+                        model_type: str = "unigram") -> pathlib.Path:
+    """Trains a T5-style SentencePiece model (pad 0, eos 1, unk 2, no bos) on `lines`.
+
+    Deterministic for the same lines and settings (one thread, no sampling); digits are
+    split so numbers tokenise digit by digit. Written atomically to `output_path`.
+    """
+    output_path = pathlib.Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output_path.parent) as work:
+        corpus = pathlib.Path(work) / "corpus.txt"
+        corpus.write_text("\n".join(line for line in lines if line.strip()) + "\n", encoding="utf-8")
+        prefix = pathlib.Path(work) / "spm"
+        spm.SentencePieceTrainer.train(
+            input=str(corpus),
+            model_prefix=str(prefix),
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            character_coverage=1.0,
+            split_digits=True,
+            num_threads=1,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            hard_vocab_limit=False,
+            minloglevel=2,
+        )
+        _strip_training_paths(pathlib.Path(f"{prefix}.model"))
+        os.replace(f"{prefix}.model", output_path)
+    return output_path
+
+
+def _strip_training_paths(model_path: pathlib.Path) -> None:
+    """Removes the temporary file names SentencePiece records, so equal models are equal bytes."""
+    model = sentencepiece_model_pb2.ModelProto.FromString(model_path.read_bytes())
+    del model.trainer_spec.input[:]
+    model.trainer_spec.input.append("corpus.txt")
+    model.trainer_spec.model_prefix = "spm"
+    model_path.write_bytes(model.SerializeToString(deterministic=True))
+
+
+def embedded_vocab_path(cache: Optional[os.PathLike] = None) -> pathlib.Path:
+    """The embedded benchmark's SentencePiece model, trained on first request."""
+    from dss_jax.data import embedded
+
+    config = embedded.ArithConfig()
+    path = cache_dir(cache) / "vocab" / f"arith-{config.cache_key()}-{EMBEDDED_VOCAB_SIZE}.model"
+    with _train_lock:
+        if not path.is_file():
+            train_sentencepiece(embedded.vocabulary_training_text(config), path, EMBEDDED_VOCAB_SIZE)
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _vocabulary_for(setting: str) -> seqio.SentencePieceVocabulary:
+    if setting == T5_SETTING:
+        return seqio.SentencePieceVocabulary(T5_VOCAB_PATH, extra_ids=T5_EXTRA_IDS)
+    if setting == EMBEDDED_SETTING:
+        return seqio.SentencePieceVocabulary(str(embedded_vocab_path()))
+    path = pathlib.Path(setting).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{VOCAB_ENV}={setting!r}: no such SentencePiece model file; use `t5`, "
+            f"`embedded`, or a path to a .model file"
+        )
+    return seqio.SentencePieceVocabulary(str(path))
+
+
+def vocabulary_setting(default: str = T5_SETTING) -> str:
+    """The active setting: $DSS_VOCAB if set, else `default`."""
+    return os.environ.get(VOCAB_ENV) or default
+
+
+def get_vocabulary(setting: Optional[str] = None, default: str = T5_SETTING) -> seqio.SentencePieceVocabulary:
+    """A concrete seqio vocabulary for `setting` (else the active one)."""
+    return _vocabulary_for(setting or vocabulary_setting(default))
+
+
+class SettingVocabulary(seqio.SentencePieceVocabulary):
+    """A SentencePiece vocabulary that follows `DSS_VOCAB` at the moment it is used.
+
+    Subclassing `SentencePieceVocabulary` keeps it usable wherever seqio/T5X expect one
+    and lets its `__eq__` take priority in comparisons with a plain one.
+    """
+
+    def __init__(self, default: str = T5_SETTING):
+        self._default_setting = default
+        super().__init__(sentencepiece_model_file="", extra_ids=0)
+
+    def resolved(self) -> seqio.SentencePieceVocabulary:
+        return get_vocabulary(default=self._default_setting)
+
+    def _model_context(self):
+        return self.resolved()._model_context()
+
+    @property
+    def sentencepiece_model_file(self) -> str:
+        return self.resolved().sentencepiece_model_file
+
+    @property
+    def extra_ids(self) -> int:
+        return self.resolved().extra_ids
+
+    @property
+    def tf_tokenizer(self):
+        return self.resolved().tf_tokenizer
+
+    def __eq__(self, other):
+        if isinstance(other, SettingVocabulary):
+            other = other.resolved()
+        return isinstance(other, seqio.SentencePieceVocabulary) and self.resolved() == other
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash((SettingVocabulary, self._default_setting))
+
+    def __reduce__(self):
+        return (SettingVocabulary, (self._default_setting,))
+
+    def __str__(self) -> str:
+        return f"SettingVocabulary({VOCAB_ENV}={vocabulary_setting(self._default_setting)!r})"
+
+    __repr__ = __str__

@@ -1,0 +1,96 @@
+"""gin-config plumbing of the entrypoints (T5X style), kept at the edges of the program.
+
+* ``--gin_file=NAME`` finds files by path, then in ``--gin_search_paths``, the working
+  directory, the installed package ``dss_jax_gin`` (the repo's ``gin/`` folder) and,
+  for a source checkout that was not reinstalled, the repo's ``gin/`` next to ``dss_jax``.
+* ``--gin.NAME=VALUE`` is shorthand for the binding ``NAME = VALUE`` (``--gin_bindings``
+  also works), e.g. ``--gin.MODEL_DIR="'/tmp/run'"`` or ``--gin.TRAIN_MODE="'standard_finetune'"``.
+* The configurables here build plain values (a ``T5Config``, an ``OptimizerConfig``) that
+  are handed to pure functions.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import os
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import gin
+
+from dss_jax import configs, trainer
+
+GIN_PACKAGE = "dss_jax_gin"
+
+
+def default_search_paths() -> list[str]:
+    """Where gin files are looked up by name, after any user paths."""
+    paths = [os.getcwd()]
+    try:
+        package_dir = importlib.resources.files(GIN_PACKAGE)
+        paths.append(str(package_dir))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    repo_gin = pathlib.Path(__file__).resolve().parent.parent / "gin"
+    if repo_gin.is_dir():
+        paths.append(str(repo_gin))
+    return list(dict.fromkeys(paths))
+
+
+def find_gin_file(name: str, search_paths: Sequence[str]) -> str:
+    """Absolute path of a gin file given by path or by name relative to a search path."""
+    candidates = [name] if os.path.isabs(name) else [name] + [os.path.join(p, name) for p in search_paths]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise FileNotFoundError(f"gin file {name!r} not found (searched {', '.join(search_paths)})")
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split ``--gin.NAME=VALUE`` arguments off ``argv``: returns (other args, bindings)."""
+    rest, bindings = [], []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin."):].split("=", 1)
+            bindings.append(f"{name} = {value}")
+        else:
+            rest.append(arg)
+    return rest, bindings
+
+
+def add_gin_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file (by path or name); repeatable")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="a gin binding; repeatable")
+    parser.add_argument("--gin_search_paths", default="", help="comma-separated extra folders to find gin files in")
+
+
+def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str] = ()) -> list[str]:
+    """Parse files and bindings (files first); returns the search paths used."""
+    paths = [p for p in search_paths if p] + default_search_paths()
+    for path in paths:
+        gin.add_config_file_search_path(path)
+    files = [find_gin_file(f, paths) for f in gin_files]
+    gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False)
+    return paths
+
+
+def parse_args_and_gin(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse command-line flags, then the gin files and bindings they name."""
+    add_gin_flags(parser)
+    rest, shorthand = rewrite_gin_args(argv)
+    args = parser.parse_args(rest)
+    search = [p for p in args.gin_search_paths.split(",") if p]
+    parse_gin(args.gin_file, list(args.gin_bindings) + shorthand, search)
+    return args
+
+
+# ----------------------------------------------------------------------------- configurables
+
+
+@gin.configurable
+def model_config(name: str = gin.REQUIRED, overrides: Mapping[str, Any] | None = None, **kwargs) -> configs.T5Config:
+    """A named ``T5Config`` with overrides, e.g. ``model_config.overrides = {'dropout_rate': 0.0}``."""
+    return configs.get_config(name, **dict(overrides or {}), **kwargs)
+
+
+optimizer_config = gin.external_configurable(trainer.OptimizerConfig, name="OptimizerConfig")

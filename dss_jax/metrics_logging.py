@@ -1,0 +1,115 @@
+"""Training logs: a tqdm progress bar, TensorBoard summaries and ``MODEL_DIR/metrics.jsonl``.
+
+``metrics.jsonl`` has one JSON object per line:
+* ``{"kind": "train", "step", "loss", "loss_label", "loss_rationale", "learning_rate",
+  "examples_per_sec", "grad_norm", ...}`` per logged step;
+* ``{"kind": "eval", "step", "task", "split", "accuracy", "num_examples", ...}`` per
+  evaluated task.
+Only the chief process (``jax.process_index() == 0``) writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Iterable, Mapping
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN / inf are not JSON; keep them visible as strings
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _jsonable(value.item())
+    return value
+
+
+class MetricsLogger:
+    """Writes train/eval records to metrics.jsonl and TensorBoard and drives the progress bar."""
+
+    def __init__(self, model_dir: str | os.PathLike, total_steps: int, start_step: int = 0, *,
+                 is_chief: bool = True, tensorboard: bool = True, progress_bar: bool = True):
+        self.model_dir = pathlib.Path(model_dir)
+        self.is_chief = is_chief
+        self.path = self.model_dir / METRICS_FILE
+        self._writer = None
+        self._bar = None
+        if not is_chief:
+            return
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            from clu import metric_writers
+
+            self._writer = metric_writers.SummaryWriter(str(self.model_dir / "tensorboard"))
+        if progress_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _write(self, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+
+    def log_train(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.is_chief:
+            return
+        record = {"kind": "train", "step": int(step), "time": time.time(), **metrics}
+        self._write(record)
+        if self._writer is not None:
+            self._writer.write_scalars(int(step), {f"train/{k}": float(v) for k, v in metrics.items()
+                                                   if isinstance(v, (int, float))})
+        if self._bar is not None:
+            shown = {k: f"{metrics[k]:.4g}" for k in ("loss", "loss_label", "loss_rationale", "examples_per_sec")
+                     if k in metrics}
+            self._bar.set_postfix(shown, refresh=False)
+
+    def log_eval(self, step: int, task: str, split: str, metrics: Mapping[str, Any], num_examples: int) -> None:
+        if not self.is_chief:
+            return
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._write({"kind": "eval", "step": int(step), "task": task, "split": split,
+                     "num_examples": int(num_examples), **scalars})
+        if self._writer is not None:
+            self._writer.write_scalars(int(step), {f"eval/{task}/{k}": float(v) for k, v in scalars.items()})
+        if self._bar is not None:
+            self._bar.write(f"step {step}: {task}/{split} " +
+                            " ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+
+    def advance(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def message(self, text: str) -> None:
+        if not self.is_chief:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if not self.is_chief:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+        self._file.close()
+
+
+def read_metrics(model_dir_or_file: str | os.PathLike) -> list[dict]:
+    """All records of a metrics.jsonl (a model dir or the file itself)."""
+    path = pathlib.Path(model_dir_or_file)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def eval_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:
+    return [dict(r) for r in records if r.get("kind") == "eval"]

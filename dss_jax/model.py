@@ -1,0 +1,564 @@
+"""The T5 encoder-decoder in Flax linen (T5X `layers.py` style), for T5 1.0 and T5 1.1.
+
+Structure of the parameter tree (non-scanned; with `scan_layers=True` the `layers_{i}`
+subtrees are one `layers` subtree whose leaves carry a leading `layers` axis):
+
+    token_embedder/embedding                         [vocab, embed]
+    encoder/relpos_bias/rel_embedding                [heads, relpos_buckets]
+    encoder/layers_{i}/pre_attention_layer_norm/scale          [embed]
+    encoder/layers_{i}/attention/{query,key,value}/kernel      [embed, joined_kv]
+    encoder/layers_{i}/attention/out/kernel                    [joined_kv, embed]
+    encoder/layers_{i}/pre_mlp_layer_norm/scale                [embed]
+    encoder/layers_{i}/mlp/{wi_0,wi_1 | wi}/kernel             [embed, mlp]
+    encoder/layers_{i}/mlp/wo/kernel                           [mlp, embed]
+    encoder/encoder_norm/scale
+    decoder/relpos_bias/rel_embedding
+    decoder/layers_{i}/{pre_self_attention_layer_norm, self_attention,
+                        pre_cross_attention_layer_norm, encoder_decoder_attention,
+                        pre_mlp_layer_norm, mlp}
+    decoder/decoder_norm/scale
+    decoder/logits_dense/kernel                      [embed, vocab]   (untied models only)
+
+Conventions shared with Hugging Face / T5X: RMS layer norm in float32 without bias, no
+biases anywhere, no 1/sqrt(d_kv) attention scaling (folded into the query init), relative
+position biases computed once per stack and shared by its layers, pad id 0, decoder start
+id 0. Logits are returned in float32.
+
+Packed inputs: `*_segment_ids` restrict attention to the same segment (0 = padding) and
+`*_positions` give each token's position inside its segment for the relative position
+bias. For standard packing (positions restart at 0 and count up in each segment) the
+positions are redundant: leaving them out gives the same logits and is cheaper, since the
+bias is then shared across the batch.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dss_jax.configs import T5Config
+
+Array = jax.Array
+MASK_VALUE = -1e10  # added to attention logits of masked pairs (float32)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _dtype(name: str) -> jnp.dtype:
+    return jnp.dtype(name)
+
+
+def _constrain(x: Array, names: tuple[str, ...]) -> Array:
+    """Logical sharding constraint; a no-op outside a `nn.logical_axis_rules` context."""
+    return nn.with_logical_constraint(x, names)
+
+
+def _query_init(d_kv: int) -> Callable:
+    """fan-in normal init scaled by d_kv**-0.5: T5 folds attention scaling into the query."""
+    base = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+    def init(key, shape, dtype=jnp.float32):
+        return base(key, shape, dtype) / jnp.sqrt(d_kv).astype(dtype)
+
+    return init
+
+
+_KERNEL_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+_MLP_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+_RELPOS_INIT = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
+                             max_distance: int, xp=jnp):
+    """T5's bucketing of `key_position - query_position` (same float32 arithmetic as HF).
+
+    Small distances get their own bucket, larger ones share logarithmically wider buckets
+    up to `max_distance`; bidirectional buckets split the range between the two signs.
+    `xp` is `numpy` for shapes known at trace time, `jax.numpy` otherwise.
+    """
+    n = relative_position
+    buckets = 0
+    if bidirectional:
+        num_buckets //= 2
+        buckets = (n > 0).astype(xp.int32) * num_buckets
+        n = xp.abs(n)
+    else:
+        n = -xp.minimum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    n_float = xp.maximum(n, 1).astype(xp.float32)
+    scaled = (xp.log(n_float / xp.float32(max_exact)) / xp.float32(np.log(max_distance / max_exact))
+              * xp.float32(num_buckets - max_exact))
+    if_large = max_exact + scaled.astype(xp.int32)
+    if_large = xp.minimum(if_large, num_buckets - 1)
+    return buckets + xp.where(is_small, n, if_large).astype(xp.int32)
+
+
+def _mask_to_bias(mask: Array) -> Array:
+    return jnp.where(mask, 0.0, MASK_VALUE).astype(jnp.float32)
+
+
+def _segment_mask(query_segments: Optional[Array], key_segments: Optional[Array]) -> Optional[Array]:
+    """[B, 1, Lq, Lk] True where query and key are in the same packed segment."""
+    if query_segments is None or key_segments is None:
+        return None
+    return (query_segments[:, :, None] == key_segments[:, None, :])[:, None]
+
+
+def _combine_masks(*masks: Optional[Array]) -> Optional[Array]:
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    return functools.reduce(jnp.logical_and, present)
+
+
+# ----------------------------------------------------------------------------- layers
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale * x / sqrt(mean(x**2) + eps), no bias, math in float32."""
+
+    epsilon: float
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                           (x.shape[-1],), _dtype(self.param_dtype))
+        x32 = x.astype(jnp.float32)
+        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(variance + self.epsilon)
+        return (y * scale.astype(jnp.float32)).astype(_dtype(self.dtype))
+
+
+class Dense(nn.Module):
+    """Bias-free projection of the last axis with a 2-D kernel [in, out]."""
+
+    features: int
+    kernel_axes: tuple[str, str]
+    kernel_init: Callable
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+                            (x.shape[-1], self.features), _dtype(self.param_dtype))
+        dtype = _dtype(self.dtype)
+        return jnp.einsum("...d,df->...f", x.astype(dtype), kernel.astype(dtype))
+
+
+class Embed(nn.Module):
+    """Token embedding [vocab, embed], shared by encoder, decoder and (tied) output layer."""
+
+    num_embeddings: int
+    features: int
+    dtype: str
+    param_dtype: str
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+            (self.num_embeddings, self.features), _dtype(self.param_dtype))
+
+    def __call__(self, tokens: Array) -> Array:
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise TypeError(f"token ids must be integers, got {tokens.dtype}")
+        return jnp.take(self.embedding, tokens, axis=0).astype(_dtype(self.dtype))
+
+    def attend(self, x: Array) -> Array:
+        """x @ embedding.T in float32 (the tied output layer)."""
+        return jnp.einsum("...d,vd->...v", x.astype(jnp.float32), self.embedding.astype(jnp.float32))
+
+
+class RelativePositionBias(nn.Module):
+    """Per-head learned bias indexed by the bucketed relative position, [heads, buckets]."""
+
+    config: T5Config
+    bidirectional: bool
+
+    def setup(self):
+        cfg = self.config
+        self.rel_embedding = self.param(
+            "rel_embedding", nn.with_logical_partitioning(_RELPOS_INIT, ("heads", "relpos_buckets")),
+            (cfg.num_heads, cfg.relative_attention_num_buckets), _dtype(cfg.param_dtype))
+
+    def _buckets(self, relative_position, xp):
+        cfg = self.config
+        return relative_position_bucket(relative_position, self.bidirectional,
+                                        cfg.relative_attention_num_buckets,
+                                        cfg.relative_attention_max_distance, xp=xp)
+
+    def static(self, query_length: int, key_length: int) -> Array:
+        """[1, heads, Lq, Lk] for positions 0..L-1 (buckets are a trace-time constant)."""
+        relative = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
+        buckets = self._buckets(relative, np)
+        bias = jnp.take(self.rel_embedding.astype(jnp.float32), jnp.asarray(buckets), axis=1)
+        return bias[None]
+
+    def from_positions(self, query_positions: Array, key_positions: Array) -> Array:
+        """[B, heads, Lq, Lk] for explicit positions [B, Lq] and [B, Lk]."""
+        relative = key_positions[:, None, :] - query_positions[:, :, None]
+        buckets = self._buckets(relative.astype(jnp.int32), jnp)
+        bias = jnp.take(self.rel_embedding.astype(jnp.float32), buckets, axis=1)  # [H, B, Lq, Lk]
+        return jnp.transpose(bias, (1, 0, 2, 3))
+
+    def __call__(self, query_positions, key_positions, query_length: int, key_length: int) -> Array:
+        if query_positions is None or key_positions is None:
+            return self.static(query_length, key_length)
+        return self.from_positions(query_positions, key_positions)
+
+
+def _split_heads(x: Array, num_heads: int) -> Array:
+    return x.reshape(x.shape[:-1] + (num_heads, x.shape[-1] // num_heads))
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, bias: Array, *,
+                          dropout_rate: float, deterministic: bool, dropout_rng_module: nn.Module,
+                          dtype) -> Array:
+    """softmax(q.k + bias) v with the softmax in float32; q/k/v [B, L, H, D], bias [., H|1, Lq, Lk]."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) + bias
+    weights = jax.nn.softmax(logits, axis=-1)
+    if dropout_rate > 0.0 and not deterministic:
+        rng = dropout_rng_module.make_rng("dropout")
+        keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), value)
+
+
+class Attention(nn.Module):
+    """Multi-head attention without biases or scaling; KV caches for incremental decoding.
+
+    Self-attention in decode mode keeps `cached_key`/`cached_value` [B, max_len, H, D]
+    and writes the new step at `decode_position`. Cross-attention in decode mode computes
+    the encoder keys/values on the first step and reuses them from the cache afterwards.
+    """
+
+    config: T5Config
+    is_cross_attention: bool = False
+    deterministic: bool = True
+    decode: bool = False
+
+    def _project(self, name: str, x: Array, init: Callable) -> Array:
+        cfg = self.config
+        y = Dense(cfg.inner_dim, ("embed", "joined_kv"), init, cfg.dtype, cfg.param_dtype, name=name)(x)
+        return _constrain(_split_heads(y, cfg.num_heads), ("batch", "length", "heads", "kv"))
+
+    @nn.compact
+    def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array,
+                 decode_position: Optional[Array] = None, max_decode_length: Optional[int] = None) -> Array:
+        cfg = self.config
+        query = self._project("query", inputs_q, _query_init(cfg.d_kv))
+        if self.decode and self.is_cross_attention:
+            key, value = self._cached_cross_key_value(inputs_kv)
+        else:
+            key = self._project("key", inputs_kv, _KERNEL_INIT)
+            value = self._project("value", inputs_kv, _KERNEL_INIT)
+            if self.decode:
+                key, value = self._update_self_cache(key, value, decode_position, max_decode_length)
+        out = dot_product_attention(query, key, value, bias, dropout_rate=cfg.dropout_rate,
+                                    deterministic=self.deterministic, dropout_rng_module=self,
+                                    dtype=_dtype(cfg.dtype))
+        out = _constrain(out, ("batch", "length", "heads", "kv"))
+        out = out.reshape(out.shape[:-2] + (cfg.inner_dim,))
+        return Dense(cfg.d_model, ("joined_kv", "embed"), _KERNEL_INIT, cfg.dtype, cfg.param_dtype,
+                     name="out")(out)
+
+    def _update_self_cache(self, key, value, decode_position, max_decode_length):
+        if decode_position is None or max_decode_length is None:
+            raise ValueError("decode=True needs decode_position and max_decode_length")
+        batch, step_length, heads, depth = key.shape
+        if step_length != 1:
+            raise ValueError(f"incremental decoding takes one token per step, got {step_length}")
+        shape = (batch, max_decode_length, heads, depth)
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
+        start = (0, decode_position, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+        return cached_key.value, cached_value.value
+
+    def _cached_cross_key_value(self, encoded):
+        initialized = self.has_variable("cache", "cached_cross_key")
+        if initialized:
+            return (self.get_variable("cache", "cached_cross_key"),
+                    self.get_variable("cache", "cached_cross_value"))
+        key = self._project("key", encoded, _KERNEL_INIT)
+        value = self._project("value", encoded, _KERNEL_INIT)
+        self.put_variable("cache", "cached_cross_key", key)
+        self.put_variable("cache", "cached_cross_value", value)
+        return key, value
+
+
+class MLP(nn.Module):
+    """Gated-GELU (T5 1.1: gelu(x W0) * (x W1)) or ReLU (T5 1.0) feed-forward, then Wo."""
+
+    config: T5Config
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+
+        def dense_in(name):
+            return Dense(cfg.d_ff, ("embed", "mlp"), _MLP_INIT, cfg.dtype, cfg.param_dtype, name=name)(x)
+
+        if cfg.is_gated:
+            hidden = jax.nn.gelu(dense_in("wi_0"), approximate=True) * dense_in("wi_1")
+        else:
+            hidden = jax.nn.relu(dense_in("wi"))
+        hidden = _constrain(hidden, ("batch", "length", "mlp"))
+        hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
+        return Dense(cfg.d_model, ("mlp", "embed"), _MLP_INIT, cfg.dtype, cfg.param_dtype, name="wo")(hidden)
+
+
+def _norm(cfg: T5Config, name: str) -> RMSNorm:
+    return RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, cfg.param_dtype, name=name)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention block and MLP block, each with a residual connection."""
+
+    config: T5Config
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, position_bias: Array, mask_bias: Array):
+        cfg = self.config
+        dropout = nn.Dropout(cfg.dropout_rate)
+        h = _norm(cfg, "pre_attention_layer_norm")(x)
+        h = Attention(cfg, deterministic=self.deterministic, name="attention")(h, h, position_bias + mask_bias)
+        x = x + dropout(h, deterministic=self.deterministic)
+        x = _constrain(x, ("batch", "length", "embed"))
+        h = _norm(cfg, "pre_mlp_layer_norm")(x)
+        h = MLP(cfg, deterministic=self.deterministic, name="mlp")(h)
+        x = x + dropout(h, deterministic=self.deterministic)
+        return _constrain(x, ("batch", "length", "embed")), None
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to the encoder output, MLP; pre-norm residuals."""
+
+    config: T5Config
+    deterministic: bool = True
+    decode: bool = False
+    max_decode_length: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, x: Array, encoded: Array, self_bias: Array, cross_bias: Array,
+                 decode_position: Optional[Array]):
+        cfg = self.config
+        dropout = nn.Dropout(cfg.dropout_rate)
+        h = _norm(cfg, "pre_self_attention_layer_norm")(x)
+        h = Attention(cfg, deterministic=self.deterministic, decode=self.decode, name="self_attention")(
+            h, h, self_bias, decode_position, self.max_decode_length)
+        x = x + dropout(h, deterministic=self.deterministic)
+        h = _norm(cfg, "pre_cross_attention_layer_norm")(x)
+        h = Attention(cfg, is_cross_attention=True, deterministic=self.deterministic, decode=self.decode,
+                      name="encoder_decoder_attention")(h, encoded, cross_bias)
+        x = x + dropout(h, deterministic=self.deterministic)
+        x = _constrain(x, ("batch", "length", "embed"))
+        h = _norm(cfg, "pre_mlp_layer_norm")(x)
+        h = MLP(cfg, deterministic=self.deterministic, name="mlp")(h)
+        x = x + dropout(h, deterministic=self.deterministic)
+        return _constrain(x, ("batch", "length", "embed")), None
+
+
+def _remat_policy(name: str):
+    if name == "full":
+        return None  # save nothing: recompute the whole layer in the backward pass
+    if name == "minimal":
+        return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    raise ValueError(f"no remat policy for {name!r}")
+
+
+def _run_layers(layer_cls, config: T5Config, num_layers: int, x: Array, broadcast_args: tuple,
+                layer_kwargs: dict, allow_remat: bool) -> Array:
+    """Apply `num_layers` layers, optionally rematerialised and/or scanned (must be called
+    inside a compact method; the layers become children of the calling module)."""
+    if config.remat_policy != "none" and allow_remat:
+        layer_cls = nn.remat(layer_cls, policy=_remat_policy(config.remat_policy),
+                             prevent_cse=not config.scan_layers)
+    if config.scan_layers:
+        scanned = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
+                          split_rngs={"params": True, "dropout": True},
+                          in_axes=(nn.broadcast,) * len(broadcast_args), length=num_layers,
+                          metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = scanned(config, name="layers", **layer_kwargs)(x, *broadcast_args)
+        return x
+    for i in range(num_layers):
+        x, _ = layer_cls(config, name=f"layers_{i}", **layer_kwargs)(x, *broadcast_args)
+    return x
+
+
+# ----------------------------------------------------------------------------- stacks
+
+class Encoder(nn.Module):
+    config: T5Config
+    shared_embedding: nn.Module
+
+    @nn.compact
+    def __call__(self, encoder_input_tokens: Array, encoder_segment_ids: Optional[Array] = None,
+                 encoder_positions: Optional[Array] = None, *, deterministic: bool = True) -> Array:
+        cfg = self.config
+        length = encoder_input_tokens.shape[1]
+        x = self.shared_embedding(encoder_input_tokens)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = _constrain(x, ("batch", "length", "embed"))
+        position_bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(
+            encoder_positions, encoder_positions, length, length)
+        key_is_real = (encoder_input_tokens != cfg.pad_id)[:, None, None, :]
+        mask = _combine_masks(key_is_real, _segment_mask(encoder_segment_ids, encoder_segment_ids))
+        x = _run_layers(EncoderLayer, cfg, cfg.num_encoder_layers, x, (position_bias, _mask_to_bias(mask)),
+                        {"deterministic": deterministic}, allow_remat=True)
+        x = _norm(cfg, "encoder_norm")(x)
+        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+    config: T5Config
+    shared_embedding: nn.Module
+
+    @nn.compact
+    def __call__(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+                 encoder_segment_ids: Optional[Array] = None, decoder_segment_ids: Optional[Array] = None,
+                 decoder_positions: Optional[Array] = None, *, deterministic: bool = True,
+                 decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+        cfg = self.config
+        length = decoder_input_tokens.shape[1]
+        relpos = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")
+        if decode:
+            if max_decode_length is None:
+                raise ValueError("decode=True needs max_decode_length")
+            position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+            decode_position = position.value
+            position.value = decode_position + 1
+            key_positions = jnp.arange(max_decode_length, dtype=jnp.int32)
+            self_bias = relpos.from_positions(decode_position[None, None], key_positions[None, :])
+            self_bias = self_bias + _mask_to_bias(key_positions <= decode_position)[None, None, None, :]
+            decoder_segment_ids = encoder_segment_ids = None  # one sequence per row when decoding
+        else:
+            decode_position = None
+            position_bias = relpos(decoder_positions, decoder_positions, length, length)
+            causal = np.tril(np.ones((length, length), dtype=bool))[None, None]
+            mask = _combine_masks(jnp.asarray(causal), _segment_mask(decoder_segment_ids, decoder_segment_ids))
+            self_bias = position_bias + _mask_to_bias(mask)
+        key_is_real = (encoder_input_tokens != cfg.pad_id)[:, None, None, :]
+        cross_mask = _combine_masks(key_is_real, _segment_mask(decoder_segment_ids, encoder_segment_ids))
+        cross_bias = _mask_to_bias(cross_mask)
+
+        x = self.shared_embedding(decoder_input_tokens)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = _constrain(x, ("batch", "length", "embed"))
+        layer_kwargs = {"deterministic": deterministic, "decode": decode, "max_decode_length": max_decode_length}
+        x = _run_layers(DecoderLayer, cfg, cfg.num_decoder_layers, x,
+                        (encoded, self_bias, cross_bias, decode_position), layer_kwargs, allow_remat=not decode)
+        x = _norm(cfg, "decoder_norm")(x)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        if cfg.scale_decoder_outputs:
+            x = x * (cfg.d_model ** -0.5)
+        if cfg.tie_word_embeddings:
+            logits = self.shared_embedding.attend(x)
+        else:
+            logits = Dense(cfg.vocab_size, ("embed", "vocab"), _MLP_INIT, "float32", cfg.param_dtype,
+                           name="logits_dense")(x)
+        return _constrain(logits, ("batch", "length", "vocab"))
+
+
+class T5(nn.Module):
+    """T5 encoder-decoder. `__call__` returns float32 logits [batch, decoder_length, vocab]."""
+
+    config: T5Config
+
+    def setup(self):
+        cfg = self.config
+        self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, cfg.dtype, cfg.param_dtype)
+        self.encoder = Encoder(cfg, shared_embedding=self.token_embedder)
+        self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
+
+    def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Optional[Array] = None,
+               encoder_positions: Optional[Array] = None, *, enable_dropout: bool = True) -> Array:
+        """Encoder output [batch, encoder_length, d_model] in the activation dtype."""
+        return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                            deterministic=not enable_dropout)
+
+    def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               encoder_segment_ids: Optional[Array] = None, decoder_segment_ids: Optional[Array] = None,
+               decoder_positions: Optional[Array] = None, *, enable_dropout: bool = True,
+               decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+        """Decoder logits. With `decode=True`, `decoder_input_tokens` is one token per row
+        [batch, 1] and the `cache` collection must be mutable; the first such call creates
+        the cache (for `max_decode_length` steps), every call advances it by one step."""
+        return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
+                            decoder_segment_ids, decoder_positions, deterministic=not enable_dropout,
+                            decode=decode, max_decode_length=max_decode_length)
+
+    def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+                 encoder_segment_ids: Optional[Array] = None, decoder_segment_ids: Optional[Array] = None,
+                 encoder_positions: Optional[Array] = None, decoder_positions: Optional[Array] = None, *,
+                 enable_dropout: bool = True) -> Array:
+        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                              enable_dropout=enable_dropout)
+        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
+                           decoder_segment_ids, decoder_positions, enable_dropout=enable_dropout)
+
+
+# ----------------------------------------------------------------------------- params
+
+def _init_variables(config: T5Config, rng: Array) -> dict:
+    tokens = jnp.ones((1, 1), jnp.int32)
+    return T5(config).init({"params": rng}, tokens, tokens, enable_dropout=False)
+
+
+def init_params(config: T5Config, rng: Any = 0) -> dict:
+    """Randomly initialised parameters (plain arrays, logical-axis boxes removed)."""
+    if isinstance(rng, int):
+        rng = jax.random.PRNGKey(rng)
+    return nn.unbox(jax.jit(_init_variables, static_argnums=0)(config, rng)["params"])
+
+
+def abstract_params(config: T5Config, boxed: bool = False) -> dict:
+    """Parameter shapes/dtypes as `jax.ShapeDtypeStruct`s, without allocating anything."""
+    variables = jax.eval_shape(functools.partial(_init_variables, config), jax.random.PRNGKey(0))
+    params = variables["params"]
+    return params if boxed else nn.unbox(params)
+
+
+def param_logical_axes(config: T5Config) -> dict:
+    """Tree of `PartitionSpec`s holding each parameter's logical axis names."""
+    return nn.get_partition_spec(abstract_params(config, boxed=True))
+
+
+def _layer_count(stack: str, config: T5Config) -> int:
+    return config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
+
+
+def stack_layers(params: dict, config: T5Config) -> dict:
+    """Convert a `layers_{i}` parameter tree to the `scan_layers=True` layout (leading axis)."""
+    out = dict(params)
+    for stack in ("encoder", "decoder"):
+        sub = dict(params[stack])
+        if "layers" in sub:
+            raise ValueError(f"{stack} parameters are already stacked")
+        per_layer = [sub.pop(f"layers_{i}") for i in range(_layer_count(stack, config))]
+        sub["layers"] = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *per_layer)
+        out[stack] = sub
+    return out
+
+
+def unstack_layers(params: dict, config: T5Config) -> dict:
+    """Convert a `scan_layers=True` parameter tree to the `layers_{i}` layout."""
+    out = dict(params)
+    for stack in ("encoder", "decoder"):
+        sub = dict(params[stack])
+        if "layers" not in sub:
+            raise ValueError(f"{stack} parameters are not stacked")
+        stacked = sub.pop("layers")
+        for i in range(_layer_count(stack, config)):
+            sub[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+        out[stack] = sub
+    return out

@@ -1,0 +1,108 @@
+"""Pack (input, target) token sequences into a few fixed-shape rows, in numpy.
+
+A host-side alternative to SeqIO's TF packing for when the *set* of sequences in a step
+is fixed (the CPU benchmark protocol: exactly 8 examples = 16 sequences a step) and we want
+little padding with few distinct shapes (each new shape is one more XLA compilation).
+
+Sequences are placed first-fit-decreasing by input length into rows whose encoder part
+holds `encoder_row_len` tokens and decoder part `decoder_row_len` tokens; the number of
+rows is the smallest that fits, rounded up to a multiple of `row_multiple`. Row lengths
+come from a small bucket list, so a stream of steps compiles a handful of programs.
+The output is SeqIO's packed encoder-decoder layout (segment ids from 1, positions from 0
+within each segment, decoder inputs shifted right per segment with start id 0) plus
+`task_ids` per target token.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _first_fit_decreasing(pairs: Sequence[tuple[int, int]], rows: int, enc_cap: int, dec_cap: int):
+    """Row index per pair, or None if the pairs do not fit in `rows` rows."""
+    order = sorted(range(len(pairs)), key=lambda i: (-pairs[i][0], -pairs[i][1]))
+    enc_free = [enc_cap] * rows
+    dec_free = [dec_cap] * rows
+    placement = [0] * len(pairs)
+    for i in order:
+        e, d = pairs[i]
+        for r in range(rows):
+            if enc_free[r] >= e and dec_free[r] >= d:
+                enc_free[r] -= e
+                dec_free[r] -= d
+                placement[i] = r
+                break
+        else:
+            return None
+    return placement
+
+
+def plan_rows(pairs: Sequence[tuple[int, int]], encoder_row_len: int, decoder_row_lens: Sequence[int],
+              row_multiple: int = 1) -> tuple[int, int, list[int]]:
+    """(rows, decoder_row_len, placement) with the fewest padded tokens that fit."""
+    if not pairs:
+        raise ValueError("nothing to pack")
+    longest_enc = max(e for e, _ in pairs)
+    if longest_enc > encoder_row_len:
+        raise ValueError(f"an input of {longest_enc} tokens does not fit rows of {encoder_row_len}")
+    best = None
+    for dec_len in sorted(decoder_row_lens):
+        if max(d for _, d in pairs) > dec_len:
+            continue
+        rows = max(-(-sum(e for e, _ in pairs) // encoder_row_len), -(-sum(d for _, d in pairs) // dec_len), 1)
+        rows = -(-rows // row_multiple) * row_multiple
+        while rows <= len(pairs):
+            placement = _first_fit_decreasing(pairs, rows, encoder_row_len, dec_len)
+            if placement is not None:
+                # Cost model: the decoder token also pays the output layer, so weigh it more.
+                cost = rows * (encoder_row_len + 2 * dec_len)
+                if best is None or cost < best[0]:
+                    best = (cost, rows, dec_len, placement)
+                break
+            rows += row_multiple
+    if best is None:
+        raise ValueError(f"a target longer than every decoder row length {list(decoder_row_lens)}")
+    return best[1], best[2], best[3]
+
+
+def pack(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], task_ids: Sequence[int],
+         encoder_row_len: int, decoder_row_lens: Sequence[int], row_multiple: int = 1) -> dict[str, np.ndarray]:
+    """Packed encoder-decoder features for the given sequences (EOS already appended)."""
+    if not (len(inputs) == len(targets) == len(task_ids)):
+        raise ValueError("inputs, targets and task_ids must have the same length")
+    pairs = [(len(x), len(y)) for x, y in zip(inputs, targets)]
+    if min(min(p) for p in pairs) < 1:
+        raise ValueError("empty input or target sequence")
+    rows, dec_len, placement = plan_rows(pairs, encoder_row_len, decoder_row_lens, row_multiple)
+    out = {
+        "encoder_input_tokens": np.zeros((rows, encoder_row_len), np.int32),
+        "encoder_segment_ids": np.zeros((rows, encoder_row_len), np.int32),
+        "encoder_positions": np.zeros((rows, encoder_row_len), np.int32),
+        "decoder_target_tokens": np.zeros((rows, dec_len), np.int32),
+        "decoder_input_tokens": np.zeros((rows, dec_len), np.int32),
+        "decoder_segment_ids": np.zeros((rows, dec_len), np.int32),
+        "decoder_positions": np.zeros((rows, dec_len), np.int32),
+        "decoder_loss_weights": np.zeros((rows, dec_len), np.float32),
+        "task_ids": np.zeros((rows, dec_len), np.int32),
+    }
+    enc_fill = [0] * rows
+    dec_fill = [0] * rows
+    segment = [0] * rows
+    for i in sorted(range(len(pairs)), key=lambda i: placement[i]):
+        r = placement[i]
+        segment[r] += 1
+        x, y = np.asarray(inputs[i], np.int32), np.asarray(targets[i], np.int32)
+        e0, d0 = enc_fill[r], dec_fill[r]
+        out["encoder_input_tokens"][r, e0:e0 + len(x)] = x
+        out["encoder_segment_ids"][r, e0:e0 + len(x)] = segment[r]
+        out["encoder_positions"][r, e0:e0 + len(x)] = np.arange(len(x))
+        out["decoder_target_tokens"][r, d0:d0 + len(y)] = y
+        out["decoder_input_tokens"][r, d0 + 1:d0 + len(y)] = y[:-1]  # start id 0 at d0
+        out["decoder_segment_ids"][r, d0:d0 + len(y)] = segment[r]
+        out["decoder_positions"][r, d0:d0 + len(y)] = np.arange(len(y))
+        out["decoder_loss_weights"][r, d0:d0 + len(y)] = 1.0
+        out["task_ids"][r, d0:d0 + len(y)] = task_ids[i]
+        enc_fill[r] += len(x)
+        dec_fill[r] += len(y)
+    return out

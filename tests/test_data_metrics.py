@@ -1,0 +1,154 @@
+"""Label metrics: exact match, equation value by a strict parser (never eval), postprocessors."""
+import builtins
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dss_jax.data import arithmetic, metrics
+
+
+@pytest.mark.parametrize("text, value", [
+    ("( 84.0 / 2.0 )", 42.0),
+    ("(84 / 2)", 42.0),
+    ("( ( 17.0 + 15.0 ) + 2.0 )", 34.0),
+    ("-(3 - 5)", 2.0),
+    ("2 - -3", 5.0),
+    ("2 + 3 * 4", 14.0),
+    ("(2 + 3) * 4", 20.0),
+    ("8 / 4 / 2", 1.0),
+    ("10 - 4 - 3", 3.0),
+    (".5 + 1.", 1.5),
+    ("  7  ", 7.0),
+])
+def test_valid_equations_evaluate_with_usual_precedence(text, value):
+    assert arithmetic.evaluate_equation(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", [
+    "__import__('os').system('touch /tmp/dss_pwned')",
+    "2**3", "1e3", "0x10", "322,775", "3 4", "(1 + 2", "1 + 2)", "()", "", "   ",
+    "abs(-3)", "1 // 2", "1 % 2", "(1 / 0)", "1 / (2 - 2)", "9" * 400, "(" * 300 + "1" + ")" * 300,
+    "1 × 2", "forty two",
+])
+def test_anything_else_is_not_an_equation(text):
+    assert arithmetic.evaluate_equation(text) is None
+
+
+def test_non_strings_are_not_equations():
+    assert arithmetic.evaluate_equation(None) is None
+    assert arithmetic.evaluate_equation(42) is None
+
+
+def test_hostile_prediction_is_scored_wrong_without_being_run(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("model output must never be executed")
+
+    monkeypatch.setattr(builtins, "eval", forbidden)
+    monkeypatch.setattr(builtins, "exec", forbidden)
+    monkeypatch.setattr(builtins, "__import__", forbidden)
+    result = metrics.equation_accuracy(["( 84.0 / 2.0 )"], ["__import__('os').getcwd()"])
+    assert result == {"accuracy": 0.0}
+
+
+def test_svamp_teacher_style_equation_matches_gold_style():
+    assert metrics.equation_accuracy(["( 84.0 / 2.0 )"], ["(84 / 2)"]) == {"accuracy": 100.0}
+
+
+def test_equation_accuracy_is_percent_of_value_matches():
+    targets = ["( 84.0 / 2.0 )", "( 3.0 + 4.0 )", "( 1.0 / 3.0 )", "( 2.0 * 2.0 )"]
+    predictions = ["(84 / 2)", "(3 * 4)", "(2 / 6)", "(2 / 0)"]
+    assert metrics.equation_accuracy(targets, predictions) == {"accuracy": 50.0}
+
+
+def test_equal_values_within_relative_tolerance_count_as_equal():
+    assert arithmetic.equations_equal("1 / 3", "0.333333333333")
+    assert not arithmetic.equations_equal("1 / 3", "0.3333")
+
+
+def test_exact_match_is_case_and_space_sensitive_like_the_reference():
+    targets = ["math problem", "neutral", "entailment", "contradiction"]
+    predictions = ["math problem", "Neutral", "entailment ", "contradiction"]
+    assert metrics.exact_match_accuracy(targets, predictions) == {"accuracy": 50.0}
+
+
+@pytest.mark.parametrize("benchmark, metric_fn", [
+    ("cqa", metrics.exact_match_accuracy),
+    ("esnli", metrics.exact_match_accuracy),
+    ("anli1", metrics.exact_match_accuracy),
+    ("svamp", metrics.equation_accuracy),
+    ("arith", metrics.equation_accuracy),
+])
+def test_each_benchmark_uses_its_own_metric(benchmark, metric_fn):
+    assert metrics.seqio_metric_fn(benchmark) is metric_fn
+
+
+def test_fraction_helper_agrees_with_percent_metric():
+    targets, predictions = ["( 1.0 + 1.0 )", "( 2.0 )"], ["(2)", "(3)"]
+    assert metrics.accuracy_fraction("svamp", targets, predictions) == 0.5
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="2 targets but 1 predictions"):
+        metrics.exact_match_accuracy(["a", "b"], ["a"])
+
+
+def test_rationale_then_label_postprocessor_takes_text_after_last_marker():
+    output = "Of the choices only a shelf holds books. So the answer is shelf"
+    assert metrics.label_from_rationale_then_label(output) == "shelf"
+    target = metrics.rationale_then_label_target("Of the choices only a shelf holds books.", "shelf")
+    assert metrics.label_from_rationale_then_label(target, is_target=True) == "shelf"
+    assert metrics.label_from_rationale_then_label("no marker at all") == ""
+
+
+def test_label_postprocessor_decodes_bytes():
+    assert metrics.label_postprocessor(b"neutral") == "neutral"
+
+
+numbers = st.integers(min_value=0, max_value=999).map(str) | st.decimals(
+    min_value=0, max_value=999, places=2, allow_nan=False, allow_infinity=False).map(str)
+
+
+@st.composite
+def equations(draw, depth=0):
+    if depth > 3 or draw(st.booleans()):
+        return draw(numbers)
+    operator = draw(st.sampled_from(["+", "-", "*", "/"]))
+    return f"( {draw(equations(depth + 1))} {operator} {draw(equations(depth + 1))} )"
+
+
+@settings(max_examples=100, deadline=None)
+@given(equations())
+def test_fuzz_parser_agrees_with_python_arithmetic_on_generated_equations(equation):
+    # The oracle is python's own arithmetic on a tree we built, not eval of text.
+    value = arithmetic.evaluate_equation(equation)
+    oracle = _evaluate_tree(equation)
+    if oracle is None:
+        assert value is None
+    else:
+        assert value == pytest.approx(oracle, rel=1e-9, abs=1e-9)
+
+
+def _evaluate_tree(equation):
+    """Evaluates the fully parenthesised form produced by `equations` by hand."""
+    tokens = equation.replace("(", " ( ").replace(")", " ) ").split()
+
+    def parse(position):
+        if tokens[position] != "(":
+            return float(tokens[position]), position + 1
+        left, position = parse(position + 1)
+        operator = tokens[position]
+        right, position = parse(position + 1)
+        if left is None or right is None or (operator == "/" and right == 0):
+            return None, position + 1
+        value = {"+": left + right, "-": left - right, "*": left * right, "/": left / right if right else 0}[operator]
+        return value, position + 1
+
+    return parse(0)[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_fuzz_parser_never_raises_on_any_text(text):
+    value = arithmetic.evaluate_equation(text)
+    assert value is None or isinstance(value, float)
