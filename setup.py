@@ -32,6 +32,7 @@ setup(
         "numpy>=1.26,<3",
         "tqdm>=4.66",
         "requests>=2.31,<3",
+        "PyYAML>=6",
         "clu>=0.0.12",
     ],
     extras_require={

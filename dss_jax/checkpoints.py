@@ -52,9 +52,6 @@ class CheckpointManager:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def should_save(self, step: int) -> bool:
-        return self._manager.should_save(step)
-
     def save(self, step: int, state: Any, data_position: Mapping[str, Any], force: bool = False) -> bool:
         """Start an (async) save; returns whether one was started (``save_every`` / ``force``)."""
         return self._manager.save(
@@ -78,6 +75,14 @@ class CheckpointManager:
                                        DATA_ITEM: ocp.args.JsonRestore()}),
         )
         return restored[STATE_ITEM], dict(restored[DATA_ITEM])
+
+    def restore_data_position(self, step: int | None = None) -> dict:
+        """Only the data position of ``step`` (default latest)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{DATA_ITEM: ocp.args.JsonRestore()}))
+        return dict(restored[DATA_ITEM])
 
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()

@@ -177,7 +177,8 @@ def _main(argv: list[str]) -> int:
     print(header)
     for r in rows:
         print(f"{r['name']:<14} {r['params']:>15,} {r['d_model']:>7} {r['num_heads']:>5} {r['d_kv']:>4} "
-              f"{r['d_ff']:>6} {r['num_encoder_layers']:>3}+{r['num_decoder_layers']:<2}  {r['mlp_activation']}")
+              f"{r['d_ff']:>6} {str(r['num_encoder_layers']) + '+' + str(r['num_decoder_layers']):>6}  "
+              f"{r['mlp_activation']}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Greedy decoding with a key/value cache, compiled once per (config, length, EOS) and shape.
+"""Greedy decoding with a key/value cache, compiled once per (config, length) and input shape.
 
 `greedy_decode(model, params, encoder_input_tokens, max_decode_len)` encodes once, runs
 the first decoder step (which creates the cache: self-attention keys/values for
@@ -19,7 +19,7 @@ from dss_jax.configs import T5Config
 from dss_jax.model import T5
 
 
-def _greedy_decode_fn(config: T5Config, max_decode_len: int, eos_id: int, params, encoder_input_tokens):
+def _greedy_decode_fn(config: T5Config, max_decode_len: int, params, encoder_input_tokens, eos_id):
     model = T5(config)
     encoder_input_tokens = encoder_input_tokens.astype(jnp.int32)
     batch = encoder_input_tokens.shape[0]
@@ -53,19 +53,22 @@ def _greedy_decode_fn(config: T5Config, max_decode_len: int, eos_id: int, params
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_greedy_decode(config: T5Config, max_decode_len: int, eos_id: int) -> Callable:
-    """The jitted `(params, encoder_input_tokens) -> tokens` function; jit caches per shape."""
+def compiled_greedy_decode(config: T5Config, max_decode_len: int) -> Callable:
+    """The jitted `(params, encoder_input_tokens, eos_id) -> tokens` function (jit keeps
+    one executable per input shape; the EOS id is a traced int32, not a constant)."""
     if max_decode_len < 1:
         raise ValueError(f"max_decode_len must be at least 1, got {max_decode_len}")
-    return jax.jit(functools.partial(_greedy_decode_fn, config, int(max_decode_len), int(eos_id)))
+    return jax.jit(functools.partial(_greedy_decode_fn, config, int(max_decode_len)))
 
 
 def greedy_decode(model: T5, params, encoder_input_tokens, max_decode_len: int, eos_id: int = 1) -> jax.Array:
     """Greedy (argmax) decoding: int32 [batch, max_decode_len], pad id after EOS.
 
-    Repeated calls with the same config, length, EOS id and input shapes reuse one
-    compiled program (no retracing).
+    Repeated calls with the same config, length and input shapes reuse one compiled
+    program (no retracing), whatever the EOS id.
     """
+    encoder_input_tokens = jnp.asarray(encoder_input_tokens)
     if encoder_input_tokens.ndim != 2:
         raise ValueError(f"encoder_input_tokens must be [batch, length], got shape {encoder_input_tokens.shape}")
-    return compiled_greedy_decode(model.config, max_decode_len, eos_id)(params, encoder_input_tokens)
+    return compiled_greedy_decode(model.config, max_decode_len)(params, encoder_input_tokens,
+                                                                 jnp.asarray(eos_id, jnp.int32))

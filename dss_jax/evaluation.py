@@ -10,7 +10,8 @@ trainer evaluates the label task(s) that belong to the training task or mixture:
 ``evaluate_task`` decodes the split in fixed-shape batches (one compilation), turns the
 tokens into text with the task's vocabulary, applies ``task.postprocess_fn`` to
 predictions and targets, and returns the task's predict-metric results (key
-``accuracy`` for the DSS tasks) plus the per-example predictions.
+``accuracy`` for the DSS tasks, in percent 0-100 like T5's metrics) plus the
+per-example predictions.
 """
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def evaluate_tasks(model, params, task_names: Sequence[str], split: str, **kwarg
 
 
 def accuracy_table(results: Mapping[str, EvalResult] | Sequence[Mapping[str, Any]], title: str = "") -> str:
-    """A plain-text table: task | split | examples | accuracy (%)."""
+    """A plain-text table: task | split | examples | accuracy (percent, T5's metric convention)."""
     rows = []
     for r in (results.values() if isinstance(results, Mapping) else results):
         if isinstance(r, EvalResult):
@@ -163,6 +164,6 @@ def accuracy_table(results: Mapping[str, EvalResult] | Sequence[Mapping[str, Any
     lines.append(f"{'task':<{width}}  {'split':<10} {'examples':>8} {'accuracy':>9}")
     lines.append("-" * (width + 31))
     for task, split, n, acc in rows:
-        acc_text = "n/a" if acc is None else f"{100.0 * acc:8.2f}%"
+        acc_text = "n/a" if acc is None else f"{acc:8.2f}%"
         lines.append(f"{task:<{width}}  {split:<10} {n:>8} {acc_text:>9}")
     return "\n".join(lines)

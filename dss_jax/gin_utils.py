@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.resources
+import logging
 import os
 import pathlib
 from typing import Any, Mapping, Sequence
@@ -70,8 +72,21 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_path
     for path in paths:
         gin.add_config_file_search_path(path)
     files = [find_gin_file(f, paths) for f in gin_files]
-    gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False)
+    with _quiet_search_misses():
+        gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False)
     return paths
+
+
+@contextlib.contextmanager
+def _quiet_search_misses():
+    """gin logs an ERROR for every search path an ``include`` is not in; a real miss still raises."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def parse_args_and_gin(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:

@@ -103,8 +103,8 @@ def resolve_mesh(axes: Mapping[str, int], devices: int) -> tuple[int, int]:
 class PlanSpec:
     """Everything the plan compiles for."""
 
-    model_name: str
-    model_overrides: Mapping[str, Any]
+    model_name: str  # for the report
+    model_config: Any  # dss_jax.configs.T5Config (scan_layers is set by the plan)
     devices: int
     data: int
     model_parallel: int
@@ -233,6 +233,7 @@ class PlanResult:
     params: float
     param_bytes: int
     optimizer_bytes: int
+    global_state_bytes: int  # parameters + optimizer state of the whole model, unsharded
     batch_bytes: int
     temp_bytes: int
     output_extra_bytes: int  # outputs not aliased to donated inputs (metrics, ...)
@@ -272,19 +273,27 @@ class PlanResult:
 def suggestions(result: PlanResult) -> list[str]:
     """What would make a plan that does not fit the chip's memory fit."""
     spec = result.spec
+    smaller_state = "--optimizer=adafactor: factored second moments, no first moment (T5X's default)"
+    fully_sharded = result.global_state_bytes / spec.devices
+    if fully_sharded > result.capacity_bytes:
+        tips = [f"even split over all {spec.devices} devices, parameters + optimizer state need "
+                f"{_gib(fully_sharded).strip()} per device: use more devices (--devices) or a chip with "
+                "more HBM (--chip)"]
+        if spec.optimizer.get("name") == "adamw":
+            tips.append(smaller_state)
+        return tips
     tips = []
     if result.state_bytes > 0.5 * result.capacity_bytes or result.refused_before_compile:
         if spec.model_parallel < spec.devices:
-            tips.append(f"more model parallelism, e.g. --mesh=data:{max(spec.devices // (spec.model_parallel * 2), 1)},"
-                        f"model:{min(spec.model_parallel * 2, spec.devices)} (parameters and optimizer state "
-                        "are split over the model axis)")
+            model = min(spec.model_parallel * 2, spec.devices)
+            tips.append(f"more model parallelism, e.g. --mesh=data:{spec.devices // model},model:{model} "
+                        "(parameters and optimizer state are split over the model axis)")
         if not spec.fsdp and spec.data > 1:
             tips.append("--fsdp: also split parameters and optimizer state over the data axis")
         if spec.optimizer.get("name") == "adamw":
-            tips.append("--optimizer=adafactor: factored second moments, no first moment (T5X's default)")
-        tips.append("more devices (--devices) or a chip with more HBM (--chip)")
+            tips.append(smaller_state)
     if result.temp_bytes > 0.25 * result.capacity_bytes or not tips:
-        if spec.model_overrides.get("remat_policy", "none") != "full":
+        if spec.model_config.remat_policy != "full":
             tips.append("--remat=full: recompute activations in the backward pass instead of storing them")
         tips.append("--microbatches=K: accumulate gradients over K smaller pieces of the batch")
         tips.append("a smaller --batch or shorter --input_length/--target_length")
@@ -332,14 +341,17 @@ def _lower_step(spec: PlanSpec, model_config):
 
 def run_plan(spec: PlanSpec, log=lambda msg: None) -> PlanResult:
     """Build, lower and compile the step for ``spec``; refuse early when the state alone cannot fit."""
-    from dss_jax.configs import get_config
+    import jax
 
-    scanned = get_config(spec.model_name, **{**spec.model_overrides, "scan_layers": True})
+    scanned = spec.model_config.replace(scan_layers=True)
     _, _, _, _, abstract, shardings = _abstract_state(spec, scanned)
     param_bytes = per_device_bytes(abstract.params, shardings.params)
     optimizer_bytes = per_device_bytes(abstract.opt_state, shardings.opt_state)
     analytic = analytic_flops(scanned, abstract.params, spec.batch, spec.input_length, spec.target_length)
+    global_state_bytes = sum(int(leaf.size) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(
+        (abstract.params, abstract.opt_state)))
     result = PlanResult(spec=spec, params=analytic["params"], param_bytes=param_bytes, optimizer_bytes=optimizer_bytes,
+                        global_state_bytes=global_state_bytes,
                         batch_bytes=0, temp_bytes=0, output_extra_bytes=0, compiled_flops_per_device=0.0,
                         analytic=analytic, compile_seconds=0.0)
     if result.state_bytes > result.capacity_bytes:
@@ -357,7 +369,7 @@ def run_plan(spec: PlanSpec, log=lambda msg: None) -> PlanResult:
     result.output_extra_bytes = max(int(memory.output_size_in_bytes) - int(memory.alias_size_in_bytes), 0)
 
     log("counting FLOPs on the step with unrolled layers (lowering only) ...")
-    unrolled = get_config(spec.model_name, **{**spec.model_overrides, "scan_layers": False})
+    unrolled = spec.model_config.replace(scan_layers=False)
     unrolled_lowered = _lower_step(spec, unrolled)[0]
     cost = unrolled_lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -369,19 +381,29 @@ def run_plan(spec: PlanSpec, log=lambda msg: None) -> PlanResult:
 
 
 def _gib(n: float) -> str:
+    if n < GIB:
+        return f"{n / 1024**2:8.2f} MiB"
     return f"{n / GIB:8.2f} GiB"
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
 
 
 def format_report(result: PlanResult) -> str:
     spec = result.spec
     chip = spec.chip
     lines = [
-        f"plan: {spec.model_name} ({result.params / 1e9:.3f} B params) on {spec.devices} x {chip.name}, "
+        f"plan: {spec.model_name} ({_count(result.params)} params) on {spec.devices} x {chip.name}, "
         f"mesh data={spec.data} x model={spec.model_parallel}, fsdp={'on' if spec.fsdp else 'off'}, "
-        f"remat={spec.model_overrides.get('remat_policy', 'none')}, optimizer={spec.optimizer.get('name')}",
+        f"remat={spec.model_config.remat_policy}, optimizer={spec.optimizer.get('name')}",
         f"batch {spec.batch} x (inputs {spec.input_length} + targets {spec.target_length})"
         f"{' packed' if spec.pack else ''}, microbatches {spec.microbatches}, "
-        f"activations {spec.model_overrides.get('dtype', 'float32')}",
+        f"activations {spec.model_config.dtype}",
         "per device:",
         f"  parameters            {_gib(result.param_bytes)}",
         f"  optimizer state       {_gib(result.optimizer_bytes)}",
@@ -401,14 +423,15 @@ def format_report(result: PlanResult) -> str:
             f"  flops/step (model)    {result.analytic['model'] / spec.devices:.3e}",
             f"roofline on {chip.name} ({chip.peak_bf16_tflops:.0f} TFLOP/s bf16, {chip.hbm_gb_per_s:.0f} GB/s; "
             f"communication not modelled):",
-            f"  compute {time_model['compute_s'] * 1e3:.1f} ms, HBM {time_model['memory_s'] * 1e3:.1f} ms -> "
-            f"step >= {time_model['step_s'] * 1e3:.1f} ms, MFU <= {100 * time_model['mfu']:.0f}%",
+            f"  compute {_seconds(time_model['compute_s'])}, HBM {_seconds(time_model['memory_s'])} -> "
+            f"step >= {_seconds(time_model['step_s'])}, MFU <= {100 * time_model['mfu']:.0f}%",
             f"  compile (CPU, simulated mesh) {result.compile_seconds:.0f} s",
         ]
     if result.fits and not result.refused_before_compile:
         lines.append("FITS")
     else:
-        lines.append(f"DOES NOT FIT: {_gib(result.total_bytes).strip()} per device > {chip.hbm_gib:.0f} GiB "
+        need = "parameters + optimizer state alone need" if result.refused_before_compile else "needs"
+        lines.append(f"DOES NOT FIT: {need} {_gib(result.total_bytes).strip()} per device > {chip.hbm_gib:.0f} GiB "
                      f"of {chip.name} HBM. Try:")
         lines += [f"  - {tip}" for tip in suggestions(result)]
     return "\n".join(lines)
@@ -420,71 +443,93 @@ def format_report(result: PlanResult) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dss_jax.plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, required=True, help="number of (simulated) devices = chips")
-    parser.add_argument("--mesh", default="data:-1,model:1", help="e.g. data:8,model:4 (-1: the rest)")
+    parser.add_argument("--mesh", help="e.g. data:8,model:4 (-1: the rest); default: gin train.mesh_shape, "
+                        "else data:-1,model:1")
     parser.add_argument("--chip", default="v4", choices=sorted(CHIPS))
     parser.add_argument("--fsdp", action="store_true", help="shard parameters/optimizer state over data too")
     parser.add_argument("--remat", choices=["none", "full", "minimal"], help="rematerialisation policy")
     parser.add_argument("--model", help="named T5 config (default: from the gin file, else t5_1_1_small)")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="activation dtype (default bfloat16)")
-    parser.add_argument("--batch", type=int, help="global batch rows (default: gin, else 64)")
+    parser.add_argument("--batch", type=int, help="global batch rows (default: gin batch_size, doubled in "
+                        "paired mode, else 64)")
     parser.add_argument("--input_length", type=int, help="default: gin, else 1024")
     parser.add_argument("--target_length", type=int, help="default: gin, else 256")
     parser.add_argument("--optimizer", choices=["adamw", "adafactor"], help="default: gin, else adamw")
-    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--microbatches", type=int, help="gradient-accumulation pieces (default: gin, else 1)")
     parser.add_argument("--pack", action="store_true", help="packed batches (segment ids and positions)")
     return parser
 
 
 def _from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], search_paths: Sequence[str]) -> dict:
-    """Model, optimizer and input settings from the trainer's gin configurables."""
+    """Model, optimizer, batch and mesh settings of the trainer's ``train`` configurable."""
+    import gin
+
     from dss_jax import gin_utils
+    from dss_jax import train as train_module  # registers the `train` configurable
 
     gin_utils.parse_gin(gin_files, gin_bindings, search_paths)
-    found: dict[str, Any] = {}
-    model_config = gin_utils.model_config()
-    found["model_config"] = model_config
-    found["optimizer"] = dataclasses.asdict(gin_utils.optimizer_config())
-    input_config = getattr(gin_utils, "input_config", None)
-    if input_config is not None:
-        cfg = input_config()
-        found.update(batch=cfg.batch_size, input_length=int(cfg.sequence_lengths["inputs"]),
-                     target_length=int(cfg.sequence_lengths["targets"]), pack=bool(cfg.pack))
-    return found
+    bound = gin.get_bindings(train_module.train)  # references and macros evaluated
+    if "model_config" not in bound:
+        raise PlanError("the gin files bind no train.model_config; pass --model")
+    lengths = dict(bound.get("sequence_lengths") or {"inputs": 512, "targets": 256})
+    pack = bool(bound.get("pack", False))
+    batch = int(bound.get("batch_size", 64))
+    paired = (bound.get("train_mode", "step_by_step") == "step_by_step" and bound.get("loss_mode", "paired") == "paired"
+              and not bound.get("task"))
+    optimizer = bound.get("optimizer")
+    optimizer = dataclasses.asdict(optimizer) if optimizer is not None else {"name": "adamw"}
+    if optimizer.get("total_steps") is None:
+        optimizer["total_steps"] = int(bound.get("train_steps", 10000))  # as train() does
+    data, model = bound.get("mesh_shape", (-1, 1))
+    try:
+        model_name = str(gin.query_parameter("model_config.name"))
+    except ValueError:
+        model_name = "gin model_config"
+    return {
+        "model_name": model_name,
+        "model_config": bound["model_config"],
+        "optimizer": optimizer,
+        # paired mode without packing: every example is a label row and a rationale row
+        "batch": batch * (2 if paired and not pack else 1),
+        "input_length": int(lengths["inputs"]),
+        "target_length": int(lengths["targets"]),
+        "pack": pack,
+        "mesh": f"data:{data},model:{model}",
+        "fsdp": bool(bound.get("fsdp", False)),
+        "microbatches": int(bound.get("num_microbatches", 1)),
+    }
 
 
 def spec_from_args(args: argparse.Namespace, gin_values: Mapping[str, Any]) -> PlanSpec:
-    from dss_jax.configs import get_config, list_configs
+    """Command-line flags win over the gin file, which wins over the defaults."""
+    from dss_jax.configs import get_config
 
-    overrides: dict[str, Any] = {}
-    model_name = args.model
-    if model_name is None and "model_config" in gin_values:
-        named = [n for n in list_configs() if get_config(n).replace(
-            **{k: getattr(gin_values["model_config"], k) for k in ("dtype", "param_dtype", "remat_policy",
-                                                                   "scan_layers", "dropout_rate")}
-        ) == gin_values["model_config"]]
-        if not named:
-            raise PlanError("the gin file's model_config is not a named config; pass --model")
-        model_name = named[0]
-        overrides.update(dtype=gin_values["model_config"].dtype, remat_policy=gin_values["model_config"].remat_policy)
-    model_name = model_name or "t5_1_1_small"
+    if args.model:
+        model_name, model_config = args.model, get_config(args.model, dtype="bfloat16")
+    elif "model_config" in gin_values:
+        model_name, model_config = gin_values["model_name"], gin_values["model_config"]
+    else:
+        model_name, model_config = "t5_1_1_small", get_config("t5_1_1_small", dtype="bfloat16")
     if args.dtype:
-        overrides["dtype"] = args.dtype
-    overrides.setdefault("dtype", "bfloat16")
+        model_config = model_config.replace(dtype=args.dtype)
     if args.remat:
-        overrides["remat_policy"] = args.remat
+        model_config = model_config.replace(remat_policy=args.remat)
     optimizer = dict(gin_values.get("optimizer", {"name": "adamw"}))
     if args.optimizer:
         optimizer["name"] = args.optimizer
-    data, model_parallel = resolve_mesh(parse_mesh(args.mesh), args.devices)
+    mesh = args.mesh or gin_values.get("mesh", "data:-1,model:1")
+    data, model_parallel = resolve_mesh(parse_mesh(mesh), args.devices)
     batch = args.batch or gin_values.get("batch", 64)
     if batch % data:
         raise PlanError(f"--batch {batch} is not divisible by the data axis ({data})")
     return PlanSpec(
-        model_name=model_name, model_overrides=overrides, devices=args.devices, data=data,
-        model_parallel=model_parallel, fsdp=args.fsdp, chip=CHIPS[args.chip], batch=batch,
+        model_name=model_name, model_config=model_config, devices=args.devices, data=data,
+        model_parallel=model_parallel, fsdp=args.fsdp or gin_values.get("fsdp", False), chip=CHIPS[args.chip],
+        batch=batch,
         input_length=args.input_length or gin_values.get("input_length", 1024),
         target_length=args.target_length or gin_values.get("target_length", 256),
-        optimizer=optimizer, microbatches=args.microbatches, pack=args.pack or gin_values.get("pack", False),
+        optimizer=optimizer, microbatches=args.microbatches or gin_values.get("microbatches", 1),
+        pack=args.pack or gin_values.get("pack", False),
     )
 
 

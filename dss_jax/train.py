@@ -43,42 +43,46 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; nothing after the last good checkpoint was saved."""
 
 
-def fraction_suffix(fraction: float) -> str:
-    """``_frac12p5`` for 0.125, ``""`` for 1.0 (the DSS task-name convention)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"training fraction must be in (0, 1], got {fraction}")
-    if fraction == 1.0:
-        return ""
-    percent = f"{fraction * 100:g}".replace(".", "p")
-    return f"_frac{percent}"
-
-
 def resolve_task(benchmark: str, train_mode: str, labels: str = "gold", lam: float = 1.0,
                  loss_mode: str = "paired", fraction: float = 1.0, seed: int = 0) -> tuple[str, str, float]:
     """(task or mixture name, loss mode, alpha) for a training mode of a benchmark.
 
-    ``lam`` is the paper's lambda (``L_label + lambda * L_rationale``).
+    ``lam`` is the paper's lambda (``L_label + lambda * L_rationale``).  Tasks are
+    registered by ``dss_tasks`` (any training fraction / subsample seed).
     """
     if train_mode not in TRAIN_MODES:
         raise ValueError(f"TRAIN_MODE {train_mode!r} is not one of {TRAIN_MODES}")
     if labels not in ("gold", "teacher"):
         raise ValueError(f"LABELS must be 'gold' or 'teacher', got {labels!r}")
-    frac = fraction_suffix(fraction)
-    if train_mode == "standard_finetune":
-        return f"dss_{benchmark}_standard_finetune{frac}", "token_mean", 1.0
-    if train_mode == "standard_distill":
-        return f"dss_{benchmark}_standard_distill{frac}", "token_mean", 1.0
-    if train_mode == "rationale_then_label":
-        return f"dss_{benchmark}_rationale_then_label_{labels}{frac}", "token_mean", 1.0
-    if loss_mode not in STEP_BY_STEP_LOSS_MODES:
-        raise ValueError(f"LOSS_MODE {loss_mode!r} is not one of {STEP_BY_STEP_LOSS_MODES}")
-    alpha = 1.0 / (1.0 + lam)
-    if loss_mode == "paired":
-        return f"dss_{benchmark}_paired_{labels}{frac}", "paired", alpha
     import dss_tasks
 
+    if train_mode in ("standard_finetune", "standard_distill"):
+        return dss_tasks.register_task(benchmark, train_mode, None, fraction, seed), "token_mean", 1.0
+    if train_mode == "rationale_then_label":
+        return dss_tasks.register_task(benchmark, train_mode, labels, fraction, seed), "token_mean", 1.0
+    if loss_mode not in STEP_BY_STEP_LOSS_MODES:
+        raise ValueError(f"LOSS_MODE {loss_mode!r} is not one of {STEP_BY_STEP_LOSS_MODES}")
+    if lam < 0:
+        raise ValueError(f"LAMBDA must be >= 0, got {lam}")
+    alpha = 1.0 / (1.0 + lam)
+    if loss_mode == "paired":
+        dss_tasks.register_task(benchmark, "label", labels, fraction, seed)  # evaluated at test time
+        return dss_tasks.register_task(benchmark, "paired", labels, fraction, seed), "paired", alpha
     return dss_tasks.register_dss(benchmark, lam=lam, labels=labels, fraction=fraction, seed=seed), \
         "per_sequence", alpha
+
+
+def check_vocabulary_fits(model_config, task_name: str) -> None:
+    """The model's embedding must cover the task's vocabulary (JAX would clamp ids silently)."""
+    from dss_jax import input_pipeline
+
+    provider = input_pipeline.get_provider(task_name)
+    for name, feature in provider.output_features.items():
+        size = feature.vocabulary.vocab_size
+        if size > model_config.vocab_size:
+            raise ValueError(f"task {task_name} feature {name} uses a vocabulary of {size} ids but the model's "
+                             f"vocab_size is {model_config.vocab_size}; set model_config.overrides = "
+                             f"{{'vocab_size': {size}}} (or larger)")
 
 
 def loss_mode_for_kind(kind: str) -> str:
@@ -198,6 +202,7 @@ def train(
     else:
         train_task, mode, alpha = resolve_task(benchmark, train_mode, labels, lam, loss_mode, fraction, seed)
     loss_config = losses.LossConfig(mode=mode, alpha=alpha, z_loss=z_loss, num_microbatches=num_microbatches)
+    check_vocabulary_fits(model_config, train_task)
     eval_task_list = list(eval_tasks) if eval_tasks else evaluation.eval_task_names(train_task)
 
     # ---- model, optimizer, mesh
@@ -280,7 +285,8 @@ def train(
                 pending.append(_Pending(step, metrics, examples * jax.process_count(),
                                         (counts["label"] + counts["rationale"]) * jax.process_count()))
                 logger.advance()
-                must_save = ckpt.should_save(step) or step == train_steps or guard.triggered
+                stop = guard.triggered  # read once: the signal may arrive at any moment
+                must_save = step % checkpoint_every == 0 or step == train_steps or stop
                 if step % log_every == 0 or must_save or step == train_steps:
                     checked = _check_finite(pending, model_dir_path, last_good)
                     pending = []
@@ -296,7 +302,7 @@ def train(
                 if must_save:
                     ckpt.save(step, state, input_cfg.position(batches_consumed), force=True)
                     last_good = step
-                if guard.triggered:
+                if stop:
                     ckpt.wait_until_finished()
                     logger.message(f"received signal {guard.received}: saved checkpoint at step {step}, stopping")
                     break

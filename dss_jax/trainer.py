@@ -266,7 +266,7 @@ def train_step_fn(model: nn.Module, optimizer: optax.GradientTransformation, los
             "z_loss": aux["z_loss"],
             "task_loss_sums": aux["task_loss_sums"],
             "task_token_counts": aux["task_token_counts"],
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
         return new_state, metrics
 

@@ -37,6 +37,9 @@ class TpuConfig:
     # (e.g. "git+https://github.com/you/dss_jax@main").
     install: str = "wheel"
     pip_extra: tuple[str, ...] = ("jax[tpu]>=0.10,<0.11",)
+    # shell lines run on every worker after the install, in the home directory (e.g. fetch
+    # the data: DSS_DATA_DIR must be a local folder on each worker)
+    worker_setup: tuple[str, ...] = ()
     wait_timeout_s: int = 3600  # how long `up` waits for a queued resource to become ACTIVE
 
 
@@ -122,8 +125,9 @@ def _parse_tpu(raw: Any) -> TpuConfig:
     for key in ("queued_resource", "spot"):
         if key in raw:
             values[key] = _expect("tpu", key, raw[key], bool)
-    if "pip_extra" in raw:
-        values["pip_extra"] = _string_list("tpu", "pip_extra", raw["pip_extra"])
+    for key in ("pip_extra", "worker_setup"):
+        if key in raw:
+            values[key] = _string_list("tpu", key, raw[key])
     if "wait_timeout_s" in raw:
         values["wait_timeout_s"] = _positive_int("tpu", "wait_timeout_s", raw["wait_timeout_s"])
     return TpuConfig(**values)

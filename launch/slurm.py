@@ -19,8 +19,9 @@ settings are explicit rather than left to auto-detection:
   (per_gpu).  Setting it matters: jax's SLURM auto-detection would otherwise give every
   process only GPU ``$SLURM_LOCALID``, i.e. GPU 0 with one process per node.
 
-``DSS_DISTRIBUTED=1`` tells the trainer to call ``jax.distributed.initialize()``, which
-reads the coordinator address and local device ids from these variables.
+The trainer gets ``--gin.train.multihost=True`` and calls ``jax.distributed.initialize()``
+without arguments: JAX reads ``JAX_COORDINATOR_ADDRESS`` and ``JAX_LOCAL_DEVICE_IDS``
+itself and takes the process count and id from ``SLURM_NTASKS`` / ``SLURM_PROCID``.
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def task_script(config: LaunchConfig) -> str:
     return (
         'export JAX_NUM_PROCESSES="$SLURM_NTASKS" JAX_PROCESS_ID="$SLURM_PROCID" '
         f"JAX_LOCAL_DEVICE_IDS={local_devices}; "
-        f"exec {shlex.join(train_argv(config, multihost_flag=False))}"
+        f"exec {shlex.join(train_argv(config))}"
     )
 
 
@@ -95,9 +96,10 @@ def render_script(config: LaunchConfig, config_path: str = "<config>") -> str:
     ]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(config.env.items())]
     lines += [
-        'COORDINATOR_HOST="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+        # pipefail off inside: `head` closing the pipe early must not fail the job (SIGPIPE)
+        'COORDINATOR_HOST="$(set +o pipefail; scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+        '[ -n "$COORDINATOR_HOST" ] || { echo "no host in SLURM_JOB_NODELIST" >&2; exit 1; }',
         f'export JAX_COORDINATOR_ADDRESS="${{COORDINATOR_HOST}}:{slurm.coordinator_port}"',
-        "export DSS_DISTRIBUTED=1",
         'echo "coordinator ${JAX_COORDINATOR_ADDRESS}"',
         f"srun --kill-on-bad-exit=1 --ntasks-per-node={tasks_per_node(slurm)} "
         f"bash -c {shlex.quote(task_script(config))}",

@@ -14,7 +14,7 @@ Usage (``--dry_run`` prints every command and runs none)::
 (no local shell); the one string that a remote shell does read, ``--command=...``, is
 assembled from ``shlex.quote``d pieces.  On a TPU VM slice ``jax.distributed.initialize()``
 needs no arguments (the TPU metadata server supplies coordinator and process ids); the
-trainer calls it when given ``--multihost``.
+trainer calls it when given ``--gin.train.multihost=True``, which the launcher adds.
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def remote_train_script(config: LaunchConfig) -> str:
     training goes on; the process id is kept so that ``stop`` can end exactly it.
     """
     env = [f"{key}={value}" for key, value in sorted(config.env.items())]
-    command = (["env", *env] if env else []) + train_argv(config, multihost_flag=True)
+    command = (["env", *env] if env else []) + train_argv(config)
     log_dir = shlex.quote(config.log_dir)
     return (
         f"mkdir -p {log_dir} && nohup {shlex.join(command)} "
@@ -204,6 +204,8 @@ def setup(config: LaunchConfig, runner, python: str = sys.executable, repo_root:
     else:
         requirement = tpu.install
     runner.run(ssh_command(config, remote_install_script(config, requirement)))
+    if tpu.worker_setup:
+        runner.run(ssh_command(config, " && ".join(tpu.worker_setup)))
 
 
 def train(config: LaunchConfig, runner) -> None:

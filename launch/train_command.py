@@ -11,11 +11,17 @@ def gin_string_literal(text: str) -> str:
     return json.dumps(text)
 
 
-def train_argv(config: LaunchConfig, multihost_flag: bool) -> list[str]:
-    """``python -m dss_jax.train --gin_file=... --gin.MODEL_DIR="..." [--gin.X=Y ...] [--multihost]``."""
+MULTIHOST_BINDING = "--gin.train.multihost=True"
+
+
+def train_argv(config: LaunchConfig) -> list[str]:
+    """``python -m dss_jax.train --gin_file=... --gin.MODEL_DIR="..." [--gin.X=Y ...] --gin.train.multihost=True``.
+
+    ``train.multihost=True`` makes the trainer call ``jax.distributed.initialize()``
+    (no arguments: on TPU VMs the metadata server, under SLURM the environment the
+    generated script exports, supply coordinator, process count and id).
+    """
     argv = [config.python, "-m", config.train_module, f"--gin_file={config.gin_file}",
             f"--gin.MODEL_DIR={gin_string_literal(config.model_dir)}"]
     argv += [f"--gin.{binding}" for binding in config.gin_bindings]
-    if multihost_flag:
-        argv.append("--multihost")
-    return argv
+    return argv + [MULTIHOST_BINDING]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import seqio
 import tensorflow as tf
@@ -191,27 +191,40 @@ def build_text_features(kind: str, labels: Optional[str]) -> Callable[[Mapping[s
     raise ValueError(f"unknown task kind {kind!r}")
 
 
-def encode_segments(segments: tf.Tensor, vocabulary: seqio.Vocabulary) -> tf.Tensor:
-    """Token ids of the segments joined by EOS (no trailing EOS: seqio appends it)."""
-    pieces = vocabulary.encode_tf(segments)  # ragged [num_segments, None]
-    separators = tf.fill([tf.shape(segments)[0], 1], tf.constant(vocabulary.eos_id, tf.int32))
+def join_with_eos(pieces: tf.RaggedTensor, eos_id: int) -> tf.Tensor:
+    """Token ids of ragged segments joined by EOS (no trailing EOS: seqio appends it)."""
+    separators = tf.fill([pieces.nrows(), 1], tf.constant(eos_id, tf.int32))
     joined = tf.concat([tf.cast(pieces, tf.int32), separators], axis=1).flat_values
     return joined[:-1]
 
 
+def encode_segments(segments: tf.Tensor, vocabulary: seqio.Vocabulary) -> tf.Tensor:
+    """Token ids of the segments joined by EOS: `premise </s> hypothesis` for NLI."""
+    return join_with_eos(vocabulary.encode_tf(segments), vocabulary.eos_id)
+
+
 def tokenize_segments(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
-    """Turns every `<feature>_segments` into token ids `<feature>` and text `<feature>_pretokenized`."""
+    """Turns every `<feature>_segments` into token ids `<feature>` and text `<feature>_pretokenized`.
+
+    All text features of an example go through one tokenizer call (they share the
+    vocabulary), which keeps dataset construction fast.
+    """
 
     def tokenize(example):
-        result = {}
-        for key, value in example.items():
-            if not key.endswith("_segments"):
-                result[key] = value
-                continue
-            feature = key[: -len("_segments")]
-            vocabulary = output_features[feature].vocabulary
-            result[feature] = encode_segments(value, vocabulary)
-            result[f"{feature}_pretokenized"] = tf.strings.reduce_join(value, separator=readers.EOS_PIECE)
+        result = {k: v for k, v in example.items() if not k.endswith("_segments")}
+        features = [k[: -len("_segments")] for k in example if k.endswith("_segments")]
+        vocabularies = {id(output_features[f].vocabulary) for f in features}
+        if len(vocabularies) > 1:
+            raise ValueError(f"features {features} must share one vocabulary")
+        vocabulary = output_features[features[0]].vocabulary
+        segments = [example[f"{f}_segments"] for f in features]
+        pieces = vocabulary.encode_tf(tf.concat(segments, axis=0))
+        start = tf.constant(0, tf.int64)
+        for feature, feature_segments in zip(features, segments):
+            end = start + tf.shape(feature_segments, out_type=tf.int64)[0]
+            result[feature] = join_with_eos(pieces[start:end], vocabulary.eos_id)
+            result[f"{feature}_pretokenized"] = tf.strings.reduce_join(feature_segments, separator=readers.EOS_PIECE)
+            start = end
         return result
 
     return dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,9 +1,12 @@
 """Shared pytest fixtures: where the reference data lives, and quiet, small JAX/TF."""
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Generated data and trained vocabularies (embedded benchmark) go to a test-only cache.
+os.environ.setdefault("DSS_CACHE_DIR", str(pathlib.Path(tempfile.gettempdir()) / "dss_jax_test_cache"))
 
 import pytest  # noqa: E402
 

@@ -218,3 +218,39 @@ def test_fuzz_parser_never_raises_and_matches_reference_where_it_is_defined(benc
             assert (parsed.rationale, parsed.label) == (head.rstrip(), reference_cqa_label(tail))
         return
     assert (parsed.rationale, parsed.label) == expected
+
+
+# --- every row accounted for, end to end ------------------------------------------------
+
+any_completion = completions | st.none() | st.integers() | st.lists(st.text(max_size=3), max_size=2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(benchmark=st.sampled_from(["cqa", "svamp", "esnli", "anli1"]),
+       outputs=st.lists(any_completion, min_size=1, max_size=12))
+def test_fuzz_every_row_is_an_example_and_every_failure_is_counted(benchmark, outputs):
+    import tempfile
+    import pathlib
+
+    from dss_jax.data import readers, stats
+
+    rows = {
+        "cqa": {"question": "q", "choices": ["a", "b", "c", "d", "e"], "answer": "a"},
+        "svamp": {"input": "q", "label": "( 1.0 + 1.0 )"},
+        "esnli": {"premise": "p", "hypothesis": "h", "label": 0},
+        "anli1": {"premise": "p", "hypothesis": "h", "label": 2},
+    }[benchmark]
+    with tempfile.TemporaryDirectory() as directory:
+        root = pathlib.Path(directory)
+        (root / benchmark / "llm").mkdir(parents=True)
+        with open(root / benchmark / f"{benchmark}_test.json", "w") as handle:
+            handle.write("".join(json.dumps(rows) + "\n" for _ in outputs))
+        with open(root / benchmark / "llm" / "test_CoT_0.json", "w") as handle:
+            json.dump(outputs, handle)
+        data = readers.load_split(benchmark, "test", root)
+        counted = stats.split_stats(benchmark, data)
+    assert [e.example_id for e in data.examples] == list(range(len(outputs)))
+    ok = sum(e.parse_status == "ok" for e in data.examples)
+    assert ok + counted["parse_failures"]["total"] == counted["rows"] == len(outputs)
+    for example, output in zip(data.examples, outputs):
+        assert example.parse_status == parse_teacher_output(benchmark, output).status

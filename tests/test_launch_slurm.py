@@ -32,7 +32,7 @@ def two_node_config(**slurm_overrides):
 
 
 EXPECTED_TRAIN = ('python3 -m dss_jax.train --gin_file=dss_cqa_large.gin '
-                  "'--gin.MODEL_DIR=\"/scratch/runs/cqa large\"' --gin.TRAIN_STEPS=10000")
+                  "'--gin.MODEL_DIR=\"/scratch/runs/cqa large\"' --gin.TRAIN_STEPS=10000 --gin.train.multihost=True")
 
 
 def test_two_node_gpu_job_script_is_exactly_this():
@@ -54,9 +54,9 @@ def test_two_node_gpu_job_script_is_exactly_this():
         "mkdir -p slurm_logs",
         "source /opt/venvs/dss/bin/activate",
         "export DSS_DATA_DIR='/data/dss datasets'",
-        'COORDINATOR_HOST="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+        'COORDINATOR_HOST="$(set +o pipefail; scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+        '[ -n "$COORDINATOR_HOST" ] || { echo "no host in SLURM_JOB_NODELIST" >&2; exit 1; }',
         'export JAX_COORDINATOR_ADDRESS="${COORDINATOR_HOST}:29500"',
-        "export DSS_DISTRIBUTED=1",
         'echo "coordinator ${JAX_COORDINATOR_ADDRESS}"',
         f"srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c {shlex.quote(task)}",
     ]) + "\n"
@@ -83,13 +83,15 @@ done
 def test_generated_script_starts_each_task_with_its_own_multihost_environment(tmp_path, layout, tasks):
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    (bindir / "scontrol").write_text("#!/bin/bash\nprintf 'gpu-node-017\\ngpu-node-018\\n'\n")
+    # a long host list: `head -n1` closes the pipe early, which must not fail the job (SIGPIPE)
+    (bindir / "scontrol").write_text("#!/bin/bash\nprintf 'gpu-node-017\\ngpu-node-018\\n'\n"
+                                     "seq 1 200000 | sed 's/^/gpu-node-x/'\n")
     (bindir / "srun").write_text(FAKE_SRUN)
     record = tmp_path / "tasks.jsonl"
     (bindir / "python3").write_text(
         f"#!{sys.executable}\nimport json, os, sys\n"
         "keys = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID', 'JAX_LOCAL_DEVICE_IDS',"
-        " 'DSS_DISTRIBUTED', 'DSS_DATA_DIR')\n"
+        " 'DSS_DATA_DIR')\n"
         f"open({str(record)!r}, 'a').write(json.dumps([sys.argv[1:], {{k: os.environ.get(k) for k in keys}}]) + '\\n')\n"
     )
     for tool in bindir.iterdir():
@@ -105,11 +107,11 @@ def test_generated_script_starts_each_task_with_its_own_multihost_environment(tm
     assert len(started) == tasks
     for process_id, (argv, task_env) in enumerate(started):
         assert argv == ["-m", "dss_jax.train", "--gin_file=dss_cqa_large.gin",
-                        '--gin.MODEL_DIR="/scratch/runs/cqa large"', "--gin.TRAIN_STEPS=10000"]
+                        '--gin.MODEL_DIR="/scratch/runs/cqa large"', "--gin.TRAIN_STEPS=10000",
+                        "--gin.train.multihost=True"]
         assert task_env["JAX_COORDINATOR_ADDRESS"] == "gpu-node-017:29500"
         assert task_env["JAX_NUM_PROCESSES"] == str(tasks)
         assert task_env["JAX_PROCESS_ID"] == str(process_id)
-        assert task_env["DSS_DISTRIBUTED"] == "1"
         assert task_env["DSS_DATA_DIR"] == "/data/dss datasets"
         expected_devices = "0,1,2,3,4,5,6,7" if layout == "per_node" else str(process_id % 8)
         assert task_env["JAX_LOCAL_DEVICE_IDS"] == expected_devices

@@ -232,7 +232,7 @@ def test_every_gin_t5x_file_parses_against_stubbed_t5x_and_sets_the_dss_recipe(t
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
         [sys.executable, "-c", PARSE_ALL, str(tmp_path), str(t5x_gin.GIN_T5X_DIR), *names],
-        cwd=tmp_path,  # not the repo root: its gin/ folder would shadow the gin-config package
+        cwd=tmp_path,
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     parsed = json.loads(result.stdout.strip().splitlines()[-1])

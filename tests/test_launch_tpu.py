@@ -22,7 +22,7 @@ WHEEL = "dist/dss_jax-0.1.0-py3-none-any.whl"
 EXPECTED_TRAIN_ARGV = [
     "python3", "-m", "dss_jax.train", "--gin_file=dss_cqa_xxl.gin",
     '--gin.MODEL_DIR="gs://dss-bucket/runs/cqa xxl"', "--gin.TRAIN_STEPS=10000",
-    "--gin.BATCH_SIZE=64", "--multihost",
+    "--gin.BATCH_SIZE=64", "--gin.train.multihost=True",
 ]
 
 
@@ -68,7 +68,7 @@ def test_up_on_a_v4_64_pod_runs_exactly_these_commands():
         "DSS_VOCAB=gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model "
         "python3 -m dss_jax.train --gin_file=dss_cqa_xxl.gin "
         "'--gin.MODEL_DIR=\"gs://dss-bucket/runs/cqa xxl\"' --gin.TRAIN_STEPS=10000 --gin.BATCH_SIZE=64 "
-        "--multihost > dss_logs/dss-cqa-xxl.log 2>&1 < /dev/null & echo $! > dss_logs/dss-cqa-xxl.pid"
+        "--gin.train.multihost=True > dss_logs/dss-cqa-xxl.log 2>&1 < /dev/null & echo $! > dss_logs/dss-cqa-xxl.pid"
     )
     assert len(runner.commands) == 5
 
@@ -149,6 +149,13 @@ def test_setup_from_a_git_url_installs_it_directly_on_every_worker():
         "--worker=all",
         "--command=python3 -m pip install --upgrade 'jax[tpu]>=0.10,<0.11' git+https://github.com/me/dss_jax@v0.1",
     ]
+
+
+def test_worker_setup_lines_run_on_every_worker_after_the_install():
+    runner = DryRunRunner(out=open(os.devnull, "w"))
+    tpu.setup(v4_64_config(worker_setup=["python3 -m dss_jax.data fetch --yes --cache_dir dss_cache", "ls"]), runner)
+    assert runner.commands[-1][-2:] == [
+        "--worker=all", "--command=python3 -m dss_jax.data fetch --yes --cache_dir dss_cache && ls"]
 
 
 def test_setup_by_default_builds_a_wheel_of_this_checkout_and_copies_it():
@@ -243,3 +250,28 @@ def test_cli_without_dry_run_calls_gcloud_with_the_argument_list(tmp_path):
     assert [json.loads(line) for line in calls.read_text().splitlines()] == [[
         "compute", "tpus", "tpu-vm", "ssh", "dss-cqa-xxl", "--zone=us-central2-b", "--project=dss-project",
         "--worker=0", "--command=tail -n 100 dss_logs/dss-cqa-xxl.log"]]
+
+
+PARSE_TRAIN_ARGS = """
+import json, sys, argparse
+import gin
+from dss_jax import gin_utils
+from dss_jax import train  # registers the `train` configurable
+gin_utils.parse_args_and_gin(argparse.ArgumentParser(), sys.argv[1:])
+print(json.dumps({"multihost": gin.query_parameter("train.multihost"),
+                  "model_dir": gin.query_parameter("%MODEL_DIR"),
+                  "train_steps": gin.query_parameter("%TRAIN_STEPS")}))
+"""
+
+
+def test_the_trainer_accepts_the_launched_command_line(tmp_path):
+    """The argv the launcher starts on every worker parses with dss_jax.train's own flags and gin."""
+    config = parse_config({"name": "dss-arith", "gin_file": "dss_arith_tiny.gin", "model_dir": "/tmp/run dir",
+                           "gin_bindings": ["TRAIN_STEPS=7"]})
+    argv = tpu.train_argv(config)
+    assert argv[:3] == ["python3", "-m", "dss_jax.train"]
+    result = subprocess.run([sys.executable, "-c", PARSE_TRAIN_ARGS, *argv[3:]], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "multihost": True, "model_dir": "/tmp/run dir", "train_steps": 7}

@@ -6,6 +6,7 @@ loaded with `dss_jax.load_hf_checkpoint`.
 """
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,22 +20,26 @@ from dss_jax.model import relative_position_bucket  # noqa: E402
 
 VOCAB = 128
 LOGITS_TOLERANCE_FLOAT32 = 1e-4
-# bfloat16 activations (8 mantissa bits) against the float32 reference, relative to the
-# largest reference logit; measured max about 0.02 on these models.
-LOGITS_RELATIVE_TOLERANCE_BFLOAT16 = 0.06
+# bfloat16 activations against the float32 reference: mean |error| over the logits' std.
+# Measured on these models: 0.008 (T5 1.1) and 0.035 (T5 1.0); transformers' own bfloat16
+# model gives 0.008 and 0.030. Greedy choices agree at >= 96% of positions.
+BFLOAT16_MEAN_ERROR_OVER_LOGIT_STD = 0.05
+BFLOAT16_MIN_ARGMAX_AGREEMENT = 0.9
 
 
 def _build_hf_model(style: str, eos_boost: float = 0.0):
     """A random transformers T5 in the true T5 1.1 or T5 1.0 form."""
-    torch.manual_seed(0)
     gated = style == "t5_1_1"
+    torch.manual_seed(0 if gated else 1)
     hf_config = transformers.T5Config(
         vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
         feed_forward_proj="gated-gelu" if gated else "relu", tie_word_embeddings=not gated,
-        dropout_rate=0.0, decoder_start_token_id=0)
+        dropout_rate=0.0, decoder_start_token_id=0,
+        initializer_factor=1.0 if gated else 1.5)  # a tied random T5 echoes its input unless its layers
+        # are larger; above 2 the float32 logits are ill-conditioned (HF's own float64 gap > 1e-4)
     model = transformers.T5ForConditionalGeneration(hf_config).eval()
     with torch.no_grad():
-        model.shared.weight.normal_(0.0, 1.0)  # HF's tiny init makes T5 1.0 emit only token 0
+        model.shared.weight.normal_(0.0, 1.0)
         if gated:  # transformers 5 ties lm_head when building from a config; T5 1.1 has its own
             model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
             model.lm_head.weight[1] *= 1.0 + eos_boost  # makes some rows end early (EOS = 1)
@@ -69,9 +74,8 @@ def _hf_logits(model, encoder, decoder):
 
 def _our_logits(directory, encoder, decoder, **overrides):
     config, params = dss_jax.load_hf_checkpoint(directory, **overrides)
-    logits = dss_jax.T5(config).apply({"params": params}, jnp.asarray(encoder), jnp.asarray(decoder),
-                                      enable_dropout=False)
-    return config, np.asarray(logits)
+    apply = jax.jit(lambda p: dss_jax.T5(config).apply({"params": p}, encoder, decoder, enable_dropout=False))
+    return config, np.asarray(apply(params))
 
 
 def test_loaded_config_follows_checkpoint_style(hf_checkpoint_dir):
@@ -98,10 +102,11 @@ def test_float32_logits_match_transformers_at_real_target_positions(hf_checkpoin
 def test_bfloat16_logits_stay_within_stated_tolerance(hf_checkpoint_dir):
     _, directory, model = hf_checkpoint_dir
     encoder, decoder, target_is_real = _padded_batch()
-    reference = _hf_logits(model, encoder, decoder)
+    reference = _hf_logits(model, encoder, decoder)[target_is_real]
     _, ours = _our_logits(directory, encoder, decoder, dtype="bfloat16")
-    relative = np.abs(ours - reference)[target_is_real].max() / np.abs(reference).max()
-    assert relative < LOGITS_RELATIVE_TOLERANCE_BFLOAT16
+    ours = ours[target_is_real]
+    assert np.abs(ours - reference).mean() / reference.std() < BFLOAT16_MEAN_ERROR_OVER_LOGIT_STD
+    assert (ours.argmax(-1) == reference.argmax(-1)).mean() >= BFLOAT16_MIN_ARGMAX_AGREEMENT
 
 
 def test_greedy_decoding_matches_transformers_generate(hf_checkpoint_dir):
@@ -115,7 +120,7 @@ def test_greedy_decoding_matches_transformers_generate(hf_checkpoint_dir):
     expected[:, :generated.shape[1] - 1] = generated[:, 1:]  # drop the decoder start token
     config, params = dss_jax.load_hf_checkpoint(directory)
     ours = np.asarray(dss_jax.greedy_decode(dss_jax.T5(config), params, jnp.asarray(encoder), 20))
-    assert len(set(expected[:, :3].ravel())) > 2, "degenerate reference: pick another seed"
+    assert len(set(expected.ravel())) >= 5 and (expected[:, 0] != 1).all(), "degenerate reference"
     np.testing.assert_array_equal(ours, expected)
     if style == "t5_1_1":  # the EOS boost makes a row stop early: the rest must be padding
         ended = [row for row in ours if 1 in row[:-1]]

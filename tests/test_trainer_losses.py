@@ -162,3 +162,21 @@ def test_concatenated_rows_one_pass_paired_loss_equals_two_separate_passes(tiny_
              "task_ids": np.repeat(np.array([0] * 3 + [1] * 3)[:, None], 12, axis=1).astype(np.int32)}
     reference = _two_pass_reference(model, params, li, lt, ri, rt, 0.5)
     assert abs(float(_one_pass(model, params, batch, 0.5)) - float(reference)) < 1e-5
+
+
+def test_gradient_accumulation_over_microbatches_equals_the_full_batch_step(tiny_model):
+    import test_trainer_support as support
+
+    config, model, params = tiny_model
+    batch = support.random_batch(np.random.default_rng(3), rows=4, enc_len=10, dec_len=6, vocab=config.vocab_size)
+    opt = trainer.make_optimizer("adamw", 1e-2)
+    state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params),
+                               rng=jax.random.PRNGKey(0))
+    results = []
+    for micro in (1, 2):
+        step = jax.jit(trainer.train_step_fn(model, opt, losses.LossConfig("paired", num_microbatches=micro)))
+        new_state, metrics = step(state, batch)
+        results.append((new_state.params, float(metrics["loss"])))
+    assert results[0][1] == pytest.approx(results[1][1], abs=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(results[0][0]), jax.tree_util.tree_leaves(results[1][0])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)

@@ -42,9 +42,9 @@ def _generator(features):
 
 
 def exact_match(targets, predictions) -> dict:
-    """Share of predictions equal to their target (token lists from the pass-through vocabulary)."""
+    """Percent of predictions equal to their target (token lists from the pass-through vocabulary)."""
     hits = [list(t) == list(p) for t, p in zip(targets, predictions)]
-    return {"accuracy": float(np.mean(hits)) if hits else 0.0}
+    return {"accuracy": 100.0 * float(np.mean(hits)) if hits else 0.0}
 
 
 def _register(name, features, metric_fns=()):

@@ -16,10 +16,13 @@ from typing import List, Optional
 
 
 def _stats(args) -> int:
-    from dss_jax.data import readers, stats
+    from dss_jax.data import embedded, readers, stats
 
+    data_dir = args.data_dir
+    if data_dir is None and args.benchmark == embedded.BENCHMARK:
+        data_dir = str(embedded.ensure_data_dir())  # the tasks' copy of the embedded benchmark
     try:
-        result = stats.benchmark_stats(args.benchmark, args.data_dir, args.fraction, args.seed, not args.lenient)
+        result = stats.benchmark_stats(args.benchmark, data_dir, args.fraction, args.seed, not args.lenient)
     except (readers.DataFileMissingError, readers.TeacherOutputCountError, readers.BadRowError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -57,7 +60,7 @@ def _train_vocab(args) -> int:
     lines: List[str] = []
     for path in args.input:
         lines.extend(pathlib.Path(path).read_text(encoding="utf-8").splitlines())
-    print(vocab.train_sentencepiece(lines, args.output, args.vocab_size, args.model_type))
+    print(vocab.train_sentencepiece(lines, args.output, args.vocab_size, args.model_type, args.split_digits))
     return 0
 
 
@@ -76,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = commands.add_parser("stats", help="rows, teacher outputs, parse failures, teacher accuracy per split")
     stats.add_argument("--benchmark", required=True, choices=["cqa", "esnli", "anli1", "svamp", "arith"])
-    stats.add_argument("--data_dir", default=None, help="datasets.zip layout folder (default $DSS_DATA_DIR)")
+    stats.add_argument("--data_dir", default=None,
+                       help="datasets.zip layout folder (default $DSS_DATA_DIR; for arith the cached embedded copy)")
     stats.add_argument("--json", action="store_true", help="one JSON object keyed by split")
     stats.add_argument("--fraction", type=float, default=1.0, help="training fraction (seeded subsample)")
     stats.add_argument("--seed", type=int, default=0, help="seed of the training subsample")
@@ -95,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_vocab.add_argument("--output", help="path of the .model file to write")
     train_vocab.add_argument("--vocab_size", type=int, default=8000)
     train_vocab.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
+    train_vocab.add_argument("--split_digits", action="store_true", help="one piece per digit")
     train_vocab.add_argument("--embedded", action="store_true",
                              help="train (or find) the embedded benchmark's vocabulary and print its path")
     train_vocab.add_argument("--cache_dir", default=None)

@@ -107,12 +107,10 @@ def fetch_datasets(
     zip_path = folder / "datasets.zip"
     recorded = folder / "datasets.zip.sha256"
     if not zip_path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
         downloader(url, zip_path)
     if expected_sha256 is None and recorded.is_file():
         expected_sha256 = recorded.read_text().strip()
     if expected_sha256 is None:
         recorded.write_text(sha256_of_file(zip_path) + "\n")
-    data_dir = unpack_datasets_zip(zip_path, folder / "datasets", expected_sha256)
-    if not recorded.is_file():
-        recorded.write_text(sha256_of_file(zip_path) + "\n")
-    return data_dir
+    return unpack_datasets_zip(zip_path, folder / "datasets", expected_sha256)

@@ -159,6 +159,9 @@ def read_rows(data_dir: pathlib.Path, benchmark: str, file_split: str) -> List[d
     return rows
 
 
+# Placeholder for rows without a teacher completion (a JSON `null` completion is data).
+MISSING_COMPLETION = object()
+
 _TEACHER_FILE = re.compile(r"^(?P<split>.+)_CoT_(?P<index>\d+)\.json$")
 
 
@@ -181,7 +184,7 @@ def read_teacher_outputs(
 
     Files must be numbered 0, 1, ... with B completions each (the last may hold fewer).
     With `strict`, any count mismatch against `num_rows` is a TeacherOutputCountError;
-    otherwise it is counted in the report (missing rows get no completion, `None`).
+    otherwise it is counted in the report (missing rows get `MISSING_COMPLETION`).
     """
     spec = get_spec(benchmark)
     expected_files = max(1, math.ceil(num_rows / spec.teacher_file_rows))
@@ -227,7 +230,7 @@ def read_teacher_outputs(
             f"in {data_dir / benchmark / 'llm'} ({'missing' if missing else 'extra'} "
             f"{missing or extra}); pass strict=False (stats: --lenient) to count instead of failing"
         )
-    outputs = outputs[:num_rows] + [None] * missing
+    outputs = outputs[:num_rows] + [MISSING_COMPLETION] * missing
     report = SplitReport(num_rows, num_rows - missing + extra, missing, extra)
     return outputs, report
 
@@ -289,7 +292,7 @@ def read_file_split(
         if not isinstance(row, dict):
             raise BadRowError(f"{where}: expected a JSON object, got {type(row).__name__}")
         segments, gold = row_input_and_gold(benchmark, row, where)
-        if completion is None:
+        if completion is MISSING_COMPLETION:
             parsed = parsing.parse_teacher_output(benchmark, None)
             status = "missing_teacher_output"
         else:

@@ -27,7 +27,7 @@ import os
 import pathlib
 import tempfile
 import threading
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import seqio
 import sentencepiece as spm
@@ -40,17 +40,22 @@ T5_SETTING = "t5"
 EMBEDDED_SETTING = "embedded"
 T5_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 T5_EXTRA_IDS = 100
-EMBEDDED_VOCAB_SIZE = 256
+EMBEDDED_VOCAB_SIZE = 512
+EMBEDDED_MODEL_TYPE = "bpe"
+# "84.0" -> "▁84" ".0": a number of the equation is the same token as in the problem text.
+EMBEDDED_USER_SYMBOLS = (".0",)
 
 _train_lock = threading.Lock()
 
 
 def train_sentencepiece(lines: Iterable[str], output_path: os.PathLike, vocab_size: int,
-                        model_type: str = "unigram") -> pathlib.Path:
+                        model_type: str = "unigram", split_digits: bool = False,
+                        user_defined_symbols: Sequence[str] = ()) -> pathlib.Path:
     """Trains a T5-style SentencePiece model (pad 0, eos 1, unk 2, no bos) on `lines`.
 
-    Deterministic for the same lines and settings (one thread, no sampling); digits are
-    split so numbers tokenise digit by digit. Written atomically to `output_path`.
+    Deterministic for the same lines and settings (one thread, no sampling, no recorded
+    temporary paths: equal inputs give equal bytes). `vocab_size` is an upper bound
+    (a small corpus may support fewer pieces). Written atomically to `output_path`.
     """
     output_path = pathlib.Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +73,8 @@ def train_sentencepiece(lines: Iterable[str], output_path: os.PathLike, vocab_si
             unk_id=2,
             bos_id=-1,
             character_coverage=1.0,
-            split_digits=True,
+            split_digits=split_digits,
+            user_defined_symbols=list(user_defined_symbols),
             num_threads=1,
             input_sentence_size=0,
             shuffle_input_sentence=False,
@@ -94,10 +100,12 @@ def embedded_vocab_path(cache: Optional[os.PathLike] = None) -> pathlib.Path:
     from dss_jax.data import embedded
 
     config = embedded.ArithConfig()
-    path = cache_dir(cache) / "vocab" / f"arith-{config.cache_key()}-{EMBEDDED_VOCAB_SIZE}.model"
+    settings = f"{EMBEDDED_MODEL_TYPE}{EMBEDDED_VOCAB_SIZE}"
+    path = cache_dir(cache) / "vocab" / f"arith-{config.cache_key()}-{settings}.model"
     with _train_lock:
         if not path.is_file():
-            train_sentencepiece(embedded.vocabulary_training_text(config), path, EMBEDDED_VOCAB_SIZE)
+            train_sentencepiece(embedded.vocabulary_training_text(config), path, EMBEDDED_VOCAB_SIZE,
+                                model_type=EMBEDDED_MODEL_TYPE, user_defined_symbols=EMBEDDED_USER_SYMBOLS)
     return path
 
 

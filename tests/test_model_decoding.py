@@ -1,0 +1,140 @@
+"""Incremental decoding with the KV cache and `dss_jax.greedy_decode`."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dss_jax
+from dss_jax.decoding import compiled_greedy_decode
+from dss_jax.model import T5, abstract_params, stack_layers
+
+MAX_LEN = 8
+
+
+def _config(name="t5_1_1_tiny", **overrides):
+    return dss_jax.get_config(name, dropout_rate=0.0, **overrides)
+
+
+@functools.lru_cache(maxsize=None)
+def _random_params(name, seed=0):
+    """Parameters drawn with numpy; large enough layers that greedy outputs vary."""
+    rng = np.random.RandomState(seed)
+
+    def draw(path, leaf):
+        if path[-1].key == "scale":
+            return np.ones(leaf.shape, np.float32)
+        std = 1.0 if path[-1].key == "embedding" else leaf.shape[-2] ** -0.5
+        return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract_params(_config(name)))
+
+
+def _encoder_tokens(batch=3, length=10, seed=0):
+    rng = np.random.RandomState(seed)
+    tokens = rng.randint(2, 128, size=(batch, length)).astype(np.int32)
+    tokens[1, 6:] = 0
+    return tokens
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_cached_step_by_step_logits_equal_the_full_forward(scan_layers):
+    config = _config(scan_layers=scan_layers)
+    params = _random_params("t5_1_1_tiny")
+    if scan_layers:
+        params = stack_layers(params, _config())
+    model = T5(config)
+    encoder = _encoder_tokens()
+    decoder = np.random.RandomState(1).randint(2, 128, size=(3, MAX_LEN)).astype(np.int32)
+    decoder[:, 0] = 0
+
+    @jax.jit
+    def step_by_step(p):
+        encoded = model.apply({"params": p}, encoder, enable_dropout=False, method=T5.encode)
+
+        def one_step(variables, tokens):
+            logits, mutated = model.apply(variables, encoded, encoder, tokens, enable_dropout=False, decode=True,
+                                          max_decode_length=MAX_LEN, method=T5.decode, mutable=["cache"])
+            return {"params": p, "cache": mutated["cache"]}, logits[:, 0]
+
+        variables, first = one_step({"params": p}, decoder[:, :1])
+        _, rest = jax.lax.scan(one_step, variables, jnp.asarray(decoder[:, 1:, None]).transpose(1, 0, 2))
+        return jnp.concatenate([first[:, None], rest.transpose(1, 0, 2)], axis=1)
+
+    full = jax.jit(lambda p: model.apply({"params": p}, encoder, decoder, enable_dropout=False))(params)
+    np.testing.assert_allclose(step_by_step(params), full, atol=1e-5, rtol=1e-5)
+
+
+@functools.lru_cache(maxsize=None)
+def _greedy(name, eos_id, batch=3):
+    config = _config(name)
+    tokens = dss_jax.greedy_decode(T5(config), _random_params(name), _encoder_tokens(batch), MAX_LEN, eos_id=eos_id)
+    return np.asarray(tokens)
+
+
+def test_greedy_output_is_int32_batch_by_max_decode_len():
+    tokens = dss_jax.greedy_decode(T5(_config()), _random_params("t5_1_1_tiny"), _encoder_tokens(), MAX_LEN)
+    assert tokens.shape == (3, MAX_LEN) and tokens.dtype == jnp.int32
+
+
+def test_greedy_tokens_are_the_argmax_of_the_teacher_forced_model():
+    config = _config()
+    params = _random_params("t5_1_1_tiny")
+    tokens = _greedy("t5_1_1_tiny", eos_id=1)
+    assert len(set(tokens.ravel())) > 3, "degenerate model output"
+    assert not (tokens == 1).any(), "this test needs rows without EOS"
+    decoder_inputs = np.concatenate([np.zeros((3, 1), np.int32), tokens[:, :-1]], axis=1)
+    logits = jax.jit(lambda p: T5(config).apply({"params": p}, _encoder_tokens(), decoder_inputs,
+                                                enable_dropout=False))(params)
+    np.testing.assert_array_equal(np.argmax(logits, axis=-1), tokens)
+
+
+def test_tokens_after_eos_are_padding_and_tokens_before_are_unchanged():
+    without_eos = _greedy("t5_1_1_tiny", eos_id=1)
+    eos = int(without_eos[0, 2])  # pretend the token row 0 emits at step 2 is EOS
+    with_eos = _greedy("t5_1_1_tiny", eos_id=eos)
+    for row_without, row_with in zip(without_eos, with_eos):
+        hits = np.flatnonzero(row_without == eos)
+        if hits.size == 0:
+            np.testing.assert_array_equal(row_with, row_without)
+            continue
+        end = hits[0]
+        np.testing.assert_array_equal(row_with[:end + 1], row_without[:end + 1])
+        assert (row_with[end + 1:] == 0).all()
+    assert (with_eos[0, 3:] == 0).all()
+
+
+def test_same_shapes_reuse_one_compiled_program():
+    config = _config()
+    params = _random_params("t5_1_1_tiny")
+    compiled = compiled_greedy_decode(config, MAX_LEN)
+    dss_jax.greedy_decode(T5(config), params, _encoder_tokens(), MAX_LEN, eos_id=1)
+    size = compiled._cache_size()
+    dss_jax.greedy_decode(T5(config), params, _encoder_tokens(seed=5), MAX_LEN, eos_id=7)
+    assert compiled._cache_size() == size
+    assert compiled_greedy_decode(config, MAX_LEN) is compiled
+
+
+def test_greedy_decode_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="max_decode_len"):
+        dss_jax.greedy_decode(T5(_config()), _random_params("t5_1_1_tiny"), _encoder_tokens(), 0)
+    with pytest.raises(ValueError, match=r"\[batch, length\]"):
+        dss_jax.greedy_decode(T5(_config()), _random_params("t5_1_1_tiny"), _encoder_tokens()[0], MAX_LEN)
+
+
+def test_decode_mode_needs_max_decode_length():
+    config = _config()
+    model = T5(config)
+    encoder = _encoder_tokens()
+    with pytest.raises(ValueError, match="max_decode_length"):
+        model.apply({"params": _random_params("t5_1_1_tiny")}, jnp.zeros((3, 10, 32)), encoder,
+                    jnp.zeros((3, 1), jnp.int32), enable_dropout=False, decode=True, method=T5.decode,
+                    mutable=["cache"])
+
+
+def test_greedy_decode_with_scanned_layers_gives_the_same_tokens():
+    config = _config(scan_layers=True)
+    params = stack_layers(_random_params("t5_1_1_tiny"), _config())
+    tokens = dss_jax.greedy_decode(T5(config), params, _encoder_tokens(), MAX_LEN, eos_id=1)
+    np.testing.assert_array_equal(tokens, _greedy("t5_1_1_tiny", eos_id=1))
