@@ -33,6 +33,7 @@ setup(
         "tqdm>=4.66",
         "requests>=2.31,<3",
         "PyYAML>=6",
+        "tensorboard>=2.21,<2.22",
         "clu>=0.0.12",
     ],
     extras_require={

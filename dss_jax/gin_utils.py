@@ -3,6 +3,8 @@
 * ``--gin_file=NAME`` finds files by path, then in ``--gin_search_paths``, the working
   directory, the installed package ``dss_jax_gin`` (the repo's ``gin/`` folder) and,
   for a source checkout that was not reinstalled, the repo's ``gin/`` next to ``dss_jax``.
+  ``gin/`` deliberately has no ``__init__.py``: run from the repo root, a regular package
+  named ``gin`` would shadow gin-config itself (``import gin`` would import the folder).
 * ``--gin.NAME=VALUE`` is shorthand for the binding ``NAME = VALUE`` (``--gin_bindings``
   also works), e.g. ``--gin.MODEL_DIR="'/tmp/run'"`` or ``--gin.TRAIN_MODE="'standard_finetune'"``.
 * The configurables here build plain values (a ``T5Config``, an ``OptimizerConfig``) that
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.resources
+import importlib.util
 import logging
 import os
 import pathlib
@@ -28,11 +30,12 @@ GIN_PACKAGE = "dss_jax_gin"
 def default_search_paths() -> list[str]:
     """Where gin files are looked up by name, after any user paths."""
     paths = [os.getcwd()]
-    try:
-        package_dir = importlib.resources.files(GIN_PACKAGE)
-        paths.append(str(package_dir))
-    except (ModuleNotFoundError, TypeError):
-        pass
+    try:  # the installed package (a plain folder of .gin files, no __init__.py: see below)
+        spec = importlib.util.find_spec(GIN_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        paths.extend(str(p) for p in spec.submodule_search_locations)
     repo_gin = pathlib.Path(__file__).resolve().parent.parent / "gin"
     if repo_gin.is_dir():
         paths.append(str(repo_gin))

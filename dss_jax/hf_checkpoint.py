@@ -212,6 +212,10 @@ def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
     tree[path[-1]] = value
 
 
+def _map_leaves(tree: dict, fn) -> dict:
+    return {k: _map_leaves(v, fn) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
+
+
 def _get_path(tree: dict, path: tuple[str, ...]):
     for key in path:
         tree = tree[key]
@@ -291,6 +295,11 @@ def load_hf_checkpoint(path: str | os.PathLike, *, strict: bool = True, **config
         lm_head_differs = not np.array_equal(tensors["lm_head.weight"], tensors["shared.weight"])
     config = config_from_hf_dict(hf_config, set(tensors), lm_head_differs, **config_overrides)
     params = params_from_hf_tensors(config, tensors, strict=strict)
+    if config.param_dtype != "float32":
+        import jax.numpy as jnp  # numpy knows bfloat16 only through JAX's ml_dtypes
+
+        param_dtype = jnp.dtype(config.param_dtype)
+        params = _map_leaves(params, lambda x: x.astype(param_dtype))
     if config.scan_layers:
         from dss_jax.model import stack_layers
 

@@ -43,8 +43,13 @@ def _ensure_tasks_registered() -> None:
 
 
 def get_provider(name: str) -> seqio.DatasetProviderBase:
-    """The registered seqio Task or Mixture ``name``, with a clear error when unknown."""
-    _ensure_tasks_registered()
+    """The registered seqio Task or Mixture ``name``, with a clear error when unknown.
+
+    ``dss_tasks`` is imported (registering every DSS task) only when ``name`` is not
+    registered yet, so tasks registered by the caller need no DSS import.
+    """
+    if name not in seqio.TaskRegistry.names() | seqio.MixtureRegistry.names():
+        _ensure_tasks_registered()
     if name in seqio.MixtureRegistry.names():
         return seqio.get_mixture_or_task(name)
     if name in seqio.TaskRegistry.names():

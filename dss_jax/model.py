@@ -220,8 +220,8 @@ def _split_heads(x: Array, num_heads: int) -> Array:
 def dot_product_attention(query: Array, key: Array, value: Array, bias: Array, *,
                           dropout_rate: float, deterministic: bool, dropout_rng_module: nn.Module,
                           dtype) -> Array:
-    """softmax(q.k + bias) v with the softmax in float32; q/k/v [B, L, H, D], bias [., H|1, Lq, Lk]."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) + bias
+    """softmax(q.k + bias) v, scores accumulated and normalised in float32; q/k/v [B, L, H, D]."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32) + bias
     weights = jax.nn.softmax(logits, axis=-1)
     if dropout_rate > 0.0 and not deterministic:
         rng = dropout_rng_module.make_rng("dropout")
@@ -434,13 +434,15 @@ class Decoder(nn.Module):
         if decode:
             if max_decode_length is None:
                 raise ValueError("decode=True needs max_decode_length")
+            if any(x is not None for x in (encoder_segment_ids, decoder_segment_ids, decoder_positions)):
+                raise ValueError("decode=True decodes one sequence per row: segment ids and positions "
+                                 "(packed inputs) are not supported")
             position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
             decode_position = position.value
             position.value = decode_position + 1
             key_positions = jnp.arange(max_decode_length, dtype=jnp.int32)
             self_bias = relpos.from_positions(decode_position[None, None], key_positions[None, :])
             self_bias = self_bias + _mask_to_bias(key_positions <= decode_position)[None, None, None, :]
-            decoder_segment_ids = encoder_segment_ids = None  # one sequence per row when decoding
         else:
             decode_position = None
             position_bias = relpos(decoder_positions, decoder_positions, length, length)
@@ -509,7 +511,9 @@ class T5(nn.Module):
 
 # ----------------------------------------------------------------------------- params
 
-def _init_variables(config: T5Config, rng: Array) -> dict:
+def init_variables(config: T5Config, rng: Array) -> dict:
+    """`T5(config).init` on dummy [1, 1] tokens without dropout: {"params": ...} with each
+    leaf boxed in `nn.LogicallyPartitioned` (use under `jax.eval_shape` or a sharded jit)."""
     tokens = jnp.ones((1, 1), jnp.int32)
     return T5(config).init({"params": rng}, tokens, tokens, enable_dropout=False)
 
@@ -518,12 +522,12 @@ def init_params(config: T5Config, rng: Any = 0) -> dict:
     """Randomly initialised parameters (plain arrays, logical-axis boxes removed)."""
     if isinstance(rng, int):
         rng = jax.random.PRNGKey(rng)
-    return nn.unbox(jax.jit(_init_variables, static_argnums=0)(config, rng)["params"])
+    return nn.unbox(jax.jit(init_variables, static_argnums=0)(config, rng)["params"])
 
 
 def abstract_params(config: T5Config, boxed: bool = False) -> dict:
     """Parameter shapes/dtypes as `jax.ShapeDtypeStruct`s, without allocating anything."""
-    variables = jax.eval_shape(functools.partial(_init_variables, config), jax.random.PRNGKey(0))
+    variables = jax.eval_shape(functools.partial(init_variables, config), jax.random.PRNGKey(0))
     params = variables["params"]
     return params if boxed else nn.unbox(params)
 

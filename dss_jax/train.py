@@ -134,6 +134,12 @@ def _check_finite(pending: Sequence[_Pending], model_dir: pathlib.Path, last_goo
     return out
 
 
+def _mean_summary(summaries: Sequence[Mapping[str, float]]) -> dict:
+    """Mean of each metric over the steps since the last log line (keys present in any step)."""
+    keys = dict.fromkeys(k for summary in summaries for k in summary)
+    return {k: sum(s[k] for s in summaries if k in s) / sum(1 for s in summaries if k in s) for k in keys}
+
+
 @gin.configurable(denylist=["model_dir_override"])
 def train(
     model_dir: str = gin.REQUIRED,
@@ -184,7 +190,6 @@ def train(
     """
     _set_vocab(vocab)
     import jax
-    import numpy as np
 
     from dss_jax import checkpoints, evaluation, input_pipeline, losses, metrics_logging, partitioning, trainer
     from dss_jax.model import T5
@@ -265,7 +270,8 @@ def train(
     step_fn = None
     pending: list[_Pending] = []
     last_good = latest
-    last_log_time, last_log_step, examples_since_log = time.time(), start_step, 0
+    last_log_time, last_log_step = time.time(), start_step
+    examples_since_log, sequences_since_log, summaries_since_log = 0, 0, []
     final_results: dict = {}
     step = start_step
     try:
@@ -291,14 +297,19 @@ def train(
                     checked = _check_finite(pending, model_dir_path, last_good)
                     pending = []
                     examples_since_log += sum(item.examples for item, _ in checked)
+                    sequences_since_log += sum(item.sequences for item, _ in checked)
+                    summaries_since_log += [summary for _, summary in checked]
                     if step % log_every == 0 or step == train_steps:
                         now = time.time()
-                        item, summary = checked[-1]
+                        elapsed = max(now - last_log_time, 1e-9)
+                        summary = _mean_summary(summaries_since_log)
                         summary["learning_rate"] = float(lr_fn(step - 1))
-                        summary["examples_per_sec"] = examples_since_log / max(now - last_log_time, 1e-9)
-                        summary["steps_per_sec"] = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                        summary["examples_per_sec"] = examples_since_log / elapsed
+                        summary["sequences_per_sec"] = sequences_since_log / elapsed
+                        summary["steps_per_sec"] = (step - last_log_step) / elapsed
                         logger.log_train(step, summary)
-                        last_log_time, last_log_step, examples_since_log = now, step, 0
+                        last_log_time, last_log_step = now, step
+                        examples_since_log, sequences_since_log, summaries_since_log = 0, 0, []
                 if must_save:
                     ckpt.save(step, state, input_cfg.position(batches_consumed), force=True)
                     last_good = step

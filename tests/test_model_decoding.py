@@ -138,3 +138,12 @@ def test_greedy_decode_with_scanned_layers_gives_the_same_tokens():
     params = stack_layers(_random_params("t5_1_1_tiny"), _config())
     tokens = dss_jax.greedy_decode(T5(config), params, _encoder_tokens(), MAX_LEN, eos_id=1)
     np.testing.assert_array_equal(tokens, _greedy("t5_1_1_tiny", eos_id=1))
+
+
+def test_decode_mode_rejects_packed_inputs():
+    model = T5(_config())
+    encoder = _encoder_tokens()
+    with pytest.raises(ValueError, match="packed"):
+        model.apply({"params": _random_params("t5_1_1_tiny")}, jnp.zeros((3, 10, 32)), encoder,
+                    jnp.zeros((3, 1), jnp.int32), None, jnp.ones((3, 1), jnp.int32), enable_dropout=False,
+                    decode=True, max_decode_length=MAX_LEN, method=T5.decode, mutable=["cache"])

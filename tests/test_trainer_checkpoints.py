@@ -78,6 +78,10 @@ def test_missing_initial_checkpoint_is_a_clear_error(tmp_path, tiny):
 
 
 def test_preemption_guard_turns_sigterm_into_a_flag_and_restores_the_handler():
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed from the main thread")  # SIGTERM would end the worker
     before = signal.getsignal(signal.SIGTERM)
     with checkpoints.PreemptionGuard() as guard:
         assert not guard.triggered

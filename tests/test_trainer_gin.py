@@ -109,3 +109,18 @@ def test_schedules_warm_up_and_decay():
     assert float(cosine(100)) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="total_steps"):
         trainer.make_schedule("linear", 1.0)
+
+
+def test_gin_files_are_found_in_the_installed_dss_jax_gin_package(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    package = tmp_path / "site" / "dss_jax_gin"  # what the wheel installs: .gin files, no __init__.py
+    package.mkdir(parents=True)
+    (package / "only_in_package.gin").write_text("LAMBDA = 2.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "dss_jax_gin", raising=False)
+    importlib.invalidate_caches()
+    monkeypatch.chdir(tmp_path)
+    found = gin_utils.find_gin_file("only_in_package.gin", gin_utils.default_search_paths())
+    assert pathlib.Path(found) == package / "only_in_package.gin"

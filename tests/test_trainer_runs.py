@@ -72,13 +72,43 @@ def _wait_for(predicate, proc, timeout):
     return False
 
 
+@pytest.fixture
+def gin_config():
+    import gin
+
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def _train_in_process(gin_text, model_dir):
+    import gin
+
+    from dss_jax import gin_utils
+
+    gin.clear_config()
+    try:
+        gin_utils.parse_gin([], [])
+        gin.parse_config(gin_text + "MODEL_DIR = 'set_by_model_dir_override'\n")
+        return train_lib.train(model_dir_override=str(model_dir))
+    finally:
+        gin.clear_config()
+
+
 RESUME_SETTINGS = dict(TRAIN_STEPS=24, **{"train.checkpoint_every": 4, "train.keep_checkpoints": 2,
                                           "train.log_every": 4})
 
 
-def test_sigkill_then_rerun_resumes_and_ends_with_the_uninterrupted_params(tmp_path):
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted in-process run of RESUME_SETTINGS: (model_dir, summary)."""
+    model_dir = tmp_path_factory.mktemp("reference") / "run"
+    return model_dir, _train_in_process(support.tiny_run_gin(**RESUME_SETTINGS), model_dir)
+
+
+def test_sigkill_then_rerun_resumes_and_ends_with_the_uninterrupted_params(tmp_path, reference_run):
     gin_file = _write_gin(tmp_path, "resume", **RESUME_SETTINGS)
-    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    killed_dir, (clean_dir, _) = tmp_path / "killed", reference_run
     proc = subprocess.Popen(_train_cmd(gin_file, killed_dir), env=_env(), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -97,9 +127,6 @@ def test_sigkill_then_rerun_resumes_and_ends_with_the_uninterrupted_params(tmp_p
                            timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resumed from step" in rerun.stdout + rerun.stderr
-    clean = subprocess.run(_train_cmd(gin_file, clean_dir), env=_env(), cwd=REPO, capture_output=True, text=True,
-                           timeout=600)
-    assert clean.returncode == 0, clean.stderr[-3000:]
 
     resumed, reference = _final_params(killed_dir, 24), _final_params(clean_dir, 24)
     for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(reference)):
@@ -133,43 +160,22 @@ def test_sigterm_saves_a_checkpoint_with_the_data_position_and_exits_cleanly(tmp
     manager.close()
 
 
-@pytest.fixture
-def gin_config():
-    import gin
-
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
-def _train_in_process(gin_text, model_dir):
-    import gin
-
-    from dss_jax import gin_utils
-
-    gin_utils.parse_gin([], [])
-    gin.parse_config(gin_text)
-    return train_lib.train(model_dir_override=str(model_dir))
-
-
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, gin_config):
     # An absurd learning rate makes the params ~1e30 after step 1, so the loss of step 2 overflows.
     gin_text = support.tiny_run_gin(TRAIN_STEPS=10, LEARNING_RATE=1e30, **{"train.checkpoint_every": 1,
                                                                           "train.log_every": 5,
                                                                           "OptimizerConfig.clip": None})
     with pytest.raises(train_lib.NonFiniteLossError, match=r"loss is (nan|inf).*Last good checkpoint: step 1"):
-        _train_in_process(gin_text + "MODEL_DIR = 'x'\n", tmp_path / "nan")
+        _train_in_process(gin_text, tmp_path / "nan")
     steps = checkpoints.CheckpointManager(tmp_path / "nan" / "checkpoints").all_steps()
     assert steps == [1]
     params = _final_params(tmp_path / "nan", 1)
     assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree_util.tree_leaves(params))
 
 
-def test_eval_and_infer_entrypoints_read_a_trained_run(tmp_path, gin_config):
-    model_dir = tmp_path / "run"
-    gin_text = support.tiny_run_gin(TRAIN_STEPS=4) + "MODEL_DIR = 'x'\n"
-    summary = _train_in_process(gin_text, model_dir)
-    assert summary["step"] == 4 and "accuracy" in summary["eval"]["trainer_test_label"]
+def test_eval_and_infer_entrypoints_read_a_trained_run(tmp_path, reference_run, gin_config):
+    model_dir, summary = reference_run
+    assert summary["step"] == 24 and "accuracy" in summary["eval"]["trainer_test_label"]
     records = metrics_logging.read_metrics(model_dir)
     assert {"loss", "loss_label", "loss_rationale", "learning_rate", "examples_per_sec"} <= set(records[0])
     assert any(r["kind"] == "eval" and "accuracy" in r for r in records)
@@ -183,7 +189,7 @@ def test_eval_and_infer_entrypoints_read_a_trained_run(tmp_path, gin_config):
     result = eval_lib.evaluate_checkpoint(model_dir=str(model_dir), benchmark="synthetic", task="trainer_test_label",
                                           split="validation", sequence_lengths={"inputs": 16, "targets": 8},
                                           batch_size=8, max_decode_len=4)
-    assert result["step"] == 4 and result["num_examples"] == support.NUM_EXAMPLES and "accuracy" in result
+    assert result["step"] == 24 and result["num_examples"] == support.NUM_EXAMPLES and "accuracy" in result
 
     out = tmp_path / "predictions.jsonl"
     n = infer_lib.infer(model_dir=str(model_dir), benchmark="synthetic", output=str(out), split="validation",
