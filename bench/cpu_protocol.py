@@ -85,7 +85,7 @@ def build_plan(only: str | None) -> list[tuple[str, str, list[str]]]:
     train = [
         ("peer", "train", []), ("ours", "train", []),
         ("peer", "train_bf16", []), ("ours", "train_bf16", []),
-        ("peer", "train_compile", []),
+        ("peer", "train_compile", []), ("ours", "train_nopack", ["--no_pack"]),
     ]
     decode = [("peer", "decode", []), ("ours", "decode", [])]
     if only == "train":
@@ -127,6 +127,8 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--json", type=pathlib.Path, default=None, help="write raw results here")
     p.add_argument("--log", type=pathlib.Path, default=pathlib.Path("bench_cpu_protocol.log"))
+    p.add_argument("--ours_xla_flags", default="--xla_cpu_experimental_xnn_fusion_type=dot",
+                   help="XLA_FLAGS for our processes (XNNPACK dot fusion measured fastest here)")
     args = p.parse_args()
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", DSS_SHARED_DIR=str(args.shared_dir),
@@ -141,10 +143,12 @@ def main():
         if system == "peer":
             cmd = [python, str(args.shared_dir / "bench" / "hf_dss_peer.py"), "--mode", mode,
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            run_env = env
         else:
-            cmd = [python, str(HERE / "dss_jax_protocol.py"), "--mode", mode,
+            cmd = [python, str(HERE / "dss_jax_protocol.py"), "--mode", mode.replace("_nopack", ""),
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        results[(system, mode)] = run_json(cmd + extra, env, args.log)
+            run_env = dict(env, XLA_FLAGS=args.ours_xla_flags)
+        results[(system, mode)] = run_json(cmd + extra, run_env, args.log)
 
     table = format_table(results, flops, peak["peak_flops"])
     print(f"fp32 matmul peak: {peak['peak_flops'] / 1e9:.1f} GFLOP/s "

@@ -18,13 +18,14 @@ Initial weights for step 0 come from a Hugging Face directory
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import threading
 from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
+
+from dss_jax import storage
 
 STATE_ITEM = "state"
 DATA_ITEM = "data"
@@ -35,7 +36,7 @@ class CheckpointManager:
 
     def __init__(self, directory: str | os.PathLike, save_every: int = 1000, keep: int | None = 3,
                  async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = storage.run_path(directory)
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         options = ocp.CheckpointManagerOptions(
@@ -94,10 +95,10 @@ class CheckpointManager:
 
 def latest_checkpoint_step(directory: str | os.PathLike) -> int | None:
     """Latest complete step in a checkpoint directory, or None (no directory / no step)."""
-    directory = pathlib.Path(directory)
+    directory = storage.run_path(directory)
     if not directory.is_dir():
         return None
-    manager = ocp.CheckpointManager(directory.absolute(), item_names=(STATE_ITEM, DATA_ITEM))
+    manager = ocp.CheckpointManager(directory, item_names=(STATE_ITEM, DATA_ITEM))
     try:
         return manager.latest_step()
     finally:
@@ -110,7 +111,7 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, step: int
     ``directory`` is a run's checkpoint directory (``MODEL_DIR/checkpoints``) or one step
     directory inside it.  ``abstract_params`` gives shapes, dtypes and shardings.
     """
-    directory = pathlib.Path(directory).absolute()
+    directory = storage.run_path(directory)
     step_dir = directory
     if not (directory / STATE_ITEM).is_dir():
         step = latest_checkpoint_step(directory) if step is None else step
@@ -129,7 +130,7 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, step: int
 
 def load_initial_params(source: str, abstract_params: Any) -> Any:
     """Params to start from: a Hugging Face directory (``config.json`` present) or a trainer checkpoint."""
-    path = pathlib.Path(source)
+    path = storage.run_path(source)
     if not path.exists():
         raise FileNotFoundError(f"initial checkpoint {source} does not exist")
     if (path / "config.json").is_file():

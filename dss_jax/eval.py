@@ -10,9 +10,7 @@ line, and appends an eval record to ``MODEL_DIR/metrics.jsonl``.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import pathlib
 import sys
 from typing import Mapping, Sequence
@@ -77,13 +75,9 @@ def evaluate_checkpoint(model_dir: str = gin.REQUIRED, benchmark: str = gin.REQU
 def main(argv: Sequence[str] | None = None) -> int:
     from dss_jax import gin_utils
 
-    parser = argparse.ArgumentParser(prog="python -m dss_jax.eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    gin_utils.parse_args_and_gin(parser, sys.argv[1:] if argv is None else argv)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    gin_utils.parse_command_line("python -m dss_jax.eval", __doc__, argv)
     evaluate_checkpoint()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

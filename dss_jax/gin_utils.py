@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import pathlib
+import sys
 from typing import Any, Mapping, Sequence
 
 import gin
@@ -99,6 +100,14 @@ def parse_args_and_gin(parser: argparse.ArgumentParser, argv: Sequence[str]) -> 
     args = parser.parse_args(rest)
     search = [p for p in args.gin_search_paths.split(",") if p]
     parse_gin(args.gin_file, list(args.gin_bindings) + shorthand, search)
+    return args
+
+
+def parse_command_line(prog: str, doc: str | None, argv: Sequence[str] | None) -> argparse.Namespace:
+    """What every entrypoint does first: flags, then gin, then quiet absl logging."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = parse_args_and_gin(parser, sys.argv[1:] if argv is None else argv)
+    logging.getLogger("absl").setLevel(logging.WARNING)
     return args
 
 

@@ -10,9 +10,7 @@ One line per example of the split, in order:
 """
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import pathlib
 import sys
 from typing import Mapping, Sequence
@@ -68,13 +66,9 @@ def infer(model_dir: str = gin.REQUIRED, benchmark: str = gin.REQUIRED, output: 
 def main(argv: Sequence[str] | None = None) -> int:
     from dss_jax import gin_utils
 
-    parser = argparse.ArgumentParser(prog="python -m dss_jax.infer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    gin_utils.parse_args_and_gin(parser, sys.argv[1:] if argv is None else argv)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    gin_utils.parse_command_line("python -m dss_jax.infer", __doc__, argv)
     infer()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,16 +5,18 @@
   "examples_per_sec", "grad_norm", ...}`` per logged step;
 * ``{"kind": "eval", "step", "task", "split", "accuracy", "num_examples", ...}`` per
   evaluated task.
-Only the chief process (``jax.process_index() == 0``) writes.
+Only the chief process (``jax.process_index() == 0``) writes. On cloud storage
+(``gs://``), where files cannot be appended to, the file is rewritten whole at each record.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import pathlib
 import time
 from typing import Any, Iterable, Mapping
+
+from dss_jax import storage
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -32,7 +34,7 @@ class MetricsLogger:
 
     def __init__(self, model_dir: str | os.PathLike, total_steps: int, start_step: int = 0, *,
                  is_chief: bool = True, tensorboard: bool = True, progress_bar: bool = True):
-        self.model_dir = pathlib.Path(model_dir)
+        self.model_dir = storage.run_path(model_dir)
         self.is_chief = is_chief
         self.path = self.model_dir / METRICS_FILE
         self._writer = None
@@ -40,7 +42,11 @@ class MetricsLogger:
         if not is_chief:
             return
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        if storage.is_remote(self.path):
+            self._file = None
+            self._lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+        else:
+            self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             from clu import metric_writers
 
@@ -51,7 +57,12 @@ class MetricsLogger:
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
     def _write(self, record: Mapping[str, Any]) -> None:
-        self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+        line = json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n"
+        if self._file is None:  # cloud storage: no appends, rewrite the (small) file
+            self._lines.append(line)
+            self.path.write_text("".join(self._lines))
+            return
+        self._file.write(line)
         self._file.flush()
 
     def log_train(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -99,16 +110,16 @@ class MetricsLogger:
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def read_metrics(model_dir_or_file: str | os.PathLike) -> list[dict]:
     """All records of a metrics.jsonl (a model dir or the file itself)."""
-    path = pathlib.Path(model_dir_or_file)
+    path = storage.run_path(model_dir_or_file)
     if path.is_dir():
         path = path / METRICS_FILE
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def eval_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:

@@ -20,18 +20,17 @@ normalisation), ``standard_finetune``, ``standard_distill``, ``rationale_then_la
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import math
 import os
-import pathlib
 import sys
 import time
 from typing import Any, Mapping, Sequence
 
 import gin
+
+from dss_jax import storage
 
 TRAIN_MODES = ("step_by_step", "standard_finetune", "standard_distill", "rationale_then_label")
 STEP_BY_STEP_LOSS_MODES = ("paired", "mixture")
@@ -94,7 +93,7 @@ def _set_vocab(vocab: str | None) -> None:
         os.environ["DSS_VOCAB"] = vocab
 
 
-def write_model_config(model_dir: pathlib.Path, config) -> None:
+def write_model_config(model_dir: os.PathLike, config) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / MODEL_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1))
 
@@ -102,7 +101,7 @@ def write_model_config(model_dir: pathlib.Path, config) -> None:
 def read_model_config(model_dir: str | os.PathLike):
     from dss_jax.configs import T5Config
 
-    path = pathlib.Path(model_dir) / MODEL_CONFIG_FILE
+    path = storage.run_path(model_dir) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pass the model's gin file, or point at a MODEL_DIR written by "
                                 f"python -m dss_jax.train")
@@ -117,7 +116,7 @@ class _Pending:
     sequences: int
 
 
-def _check_finite(pending: Sequence[_Pending], model_dir: pathlib.Path, last_good: int | None):
+def _check_finite(pending: Sequence[_Pending], model_dir: os.PathLike, last_good: int | None):
     """Fetch queued device metrics; raise NonFiniteLossError at the first NaN/Inf loss."""
     from dss_jax import trainer
 
@@ -194,7 +193,7 @@ def train(
     from dss_jax import checkpoints, evaluation, input_pipeline, losses, metrics_logging, partitioning, trainer
     from dss_jax.model import T5
 
-    model_dir_path = pathlib.Path(model_dir_override or model_dir).absolute()
+    model_dir_path = storage.run_path(model_dir_override or model_dir)
     partitioning.maybe_initialize_distributed(multihost)
     is_chief = jax.process_index() == 0
     sequence_lengths = dict(sequence_lengths or {"inputs": 512, "targets": 256})
@@ -332,12 +331,9 @@ def train(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dss_jax.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     from dss_jax import gin_utils
 
-    gin_utils.parse_args_and_gin(parser, sys.argv[1:] if argv is None else argv)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    gin_utils.parse_command_line("python -m dss_jax.train", __doc__, argv)
     try:
         train()
     except NonFiniteLossError as err:
