@@ -127,6 +127,9 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--json", type=pathlib.Path, default=None, help="write raw results here")
     p.add_argument("--log", type=pathlib.Path, default=pathlib.Path("bench_cpu_protocol.log"))
+    p.add_argument("--skip", nargs="*", default=[], metavar="SYSTEM/MODE",
+                   help="measurements to leave out, e.g. peer/train_compile (its torch.compile warm-up takes "
+                        "many minutes on 2 cores)")
     p.add_argument("--ours_xla_flags", default="--xla_cpu_experimental_xnn_fusion_type=dot",
                    help="XLA_FLAGS for our processes (XNNPACK dot fusion measured fastest here)")
     args = p.parse_args()
@@ -140,6 +143,8 @@ def main():
 
     results = {}
     for system, mode, extra in build_plan(args.only):
+        if f"{system}/{mode}" in args.skip:
+            continue
         if system == "peer":
             cmd = [python, str(args.shared_dir / "bench" / "hf_dss_peer.py"), "--mode", mode,
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -149,16 +154,16 @@ def main():
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
             run_env = dict(env, XLA_FLAGS=args.ours_xla_flags)
         results[(system, mode)] = run_json(cmd + extra, run_env, args.log)
+        if args.json:  # after every measurement, so that an interrupted run keeps what it measured
+            args.json.write_text(json.dumps({"matmul_peak": peak, "model_flops": flops,
+                                             "results": {f"{s}/{m}": r for (s, m), r in results.items()}},
+                                            indent=1))
 
     table = format_table(results, flops, peak["peak_flops"])
     print(f"fp32 matmul peak: {peak['peak_flops'] / 1e9:.1f} GFLOP/s "
           f"(XLA {peak['xla_flops'] / 1e9:.1f}, torch {(peak['torch_flops'] or 0) / 1e9:.1f}); "
           f"model GFLOP/step {flops['model_flops_per_step'] / 1e9:.2f}")
     print(table)
-    if args.json:
-        args.json.write_text(json.dumps({"matmul_peak": peak, "model_flops": flops,
-                                         "results": {f"{s}/{m}": r for (s, m), r in results.items()}},
-                                        indent=1))
 
 
 if __name__ == "__main__":
