@@ -185,3 +185,22 @@ def test_mixture_rates_and_alpha():
     assert lambda_weights.mixture_rates(2.0) == pytest.approx((1 / 3, 2 / 3))
     with pytest.raises(ValueError):
         lambda_weights.alpha_from_lambda(0.0)
+
+
+def test_the_trainer_loss_weights_are_these_weights():
+    """The λ property above is proven on `lambda_weights`; the trainer runs `losses.token_weights`.
+    Both must give the same per-token weights, so the proof covers what is trained."""
+    from dss_jax import losses
+
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(1, 12, size=8)
+    mask = (np.arange(12)[None, :] < lengths[:, None]).astype(np.float32)
+    task_ids = np.repeat(np.array([[0], [1]] * 4), 12, axis=1)  # rows alternate label / rationale
+    trainer_per_sequence = np.asarray(losses.token_weights("per_sequence", jnp.asarray(mask)))
+    np.testing.assert_allclose(trainer_per_sequence, lambda_weights.per_sequence_loss_weights(mask) / len(mask),
+                               rtol=1e-6)
+    lam = 2.0
+    label_w, rationale_w = lambda_weights.paired_loss_weights(mask * (task_ids == 0), mask * (task_ids == 1), lam)
+    trainer_paired = np.asarray(losses.token_weights("paired", jnp.asarray(mask), jnp.asarray(task_ids),
+                                                     alpha=lambda_weights.alpha_from_lambda(lam)))
+    np.testing.assert_allclose(trainer_paired, label_w + rationale_w, rtol=1e-6)

@@ -14,7 +14,9 @@ Paired mode (the reference code's exact objective, `dss_{b}_paired_{l}` tasks):
   loss = sum(label_w * label_token_loss) + sum(rationale_w * rationale_token_loss)
       = α · token-mean(label batch) + (1 − α) · token-mean(rationale batch),  α = 1/(1+λ).
 
-See docs/lambda.md for the derivation and the numerical check.
+See docs/lambda.md for the derivation and the numerical check. The trainer computes the
+same weights inside its jitted step with `dss_jax.losses.token_weights` (one forward pass
+over mixed rows); `tests/test_data_lambda.py` checks the two agree.
 """
 from __future__ import annotations
 
