@@ -147,3 +147,34 @@ def test_decode_mode_rejects_packed_inputs():
         model.apply({"params": _random_params("t5_1_1_tiny")}, jnp.zeros((3, 10, 32)), encoder,
                     jnp.zeros((3, 1), jnp.int32), None, jnp.ones((3, 1), jnp.int32), enable_dropout=False,
                     decode=True, max_decode_length=MAX_LEN, method=T5.decode, mutable=["cache"])
+
+
+def test_transposed_step_kernels_give_the_same_logits_as_the_plain_layout(monkeypatch):
+    """On CPU, decoding multiplies by cached [out, in] copies of the decoder kernels; the
+    accelerator path multiplies by the kernels as stored. Both must give the same step logits."""
+    import dss_jax.model as model_module
+
+    config = _config()
+    params = _random_params("t5_1_1_tiny")
+    encoder_tokens = _encoder_tokens()
+    decoder_tokens = np.random.RandomState(1).randint(2, 128, size=(3, MAX_LEN)).astype(np.int32)
+
+    def step_logits():
+        model = T5(config)
+        encoded = model.apply({"params": params}, encoder_tokens, method=T5.encode)
+        variables, out = {"params": params}, []
+        for i in range(MAX_LEN):
+            logits, mutated = model.apply(variables, encoded, encoder_tokens, decoder_tokens[:, i:i + 1],
+                                          decode=True, max_decode_length=MAX_LEN, method=T5.decode,
+                                          mutable=["cache"])
+            variables = {"params": params, "cache": mutated["cache"]}
+            out.append(logits[:, 0])
+        return np.stack(out, 1), mutated["cache"]
+
+    monkeypatch.setattr(model_module, "_transposed_decode_kernels", lambda: True)
+    transposed, cache = step_logits()
+    assert "kernel_transposed" in cache["decoder"]["logits_dense"]
+    monkeypatch.setattr(model_module, "_transposed_decode_kernels", lambda: False)
+    plain, cache = step_logits()
+    assert "logits_dense" not in cache["decoder"]
+    np.testing.assert_allclose(transposed, plain, rtol=1e-5, atol=1e-5)
