@@ -506,9 +506,8 @@ class Decoder(nn.Module):
 
 def _transposed_decode_kernels() -> bool:
     """Whether incremental decoding caches [out, in] copies of the decoder's per-step
-    kernels (`Dense.cache_transposed`): on CPU only, where it pays (T5-small, batch 16:
-    31 -> 27 ms a step
-    on the 2-core dev box); on accelerators the matmuls are fast either way and the copies
+    kernels (`Dense.cache_transposed`): on CPU only, where it pays (T5-small, batch 16,
+    the 2-core dev box: 31 -> 27 ms a step); on accelerators the matmuls are fast either way and the copies
     would only cost memory (the decoder's weights once more)."""
     return jax.default_backend() == "cpu"
 
