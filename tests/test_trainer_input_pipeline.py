@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-import test_trainer_support as support
+import trainer_support as support
 from dss_jax import input_pipeline
 
 

@@ -165,7 +165,7 @@ def test_concatenated_rows_one_pass_paired_loss_equals_two_separate_passes(tiny_
 
 
 def test_gradient_accumulation_over_microbatches_equals_the_full_batch_step(tiny_model):
-    import test_trainer_support as support
+    import trainer_support as support
 
     config, model, params = tiny_model
     batch = support.random_batch(np.random.default_rng(3), rows=4, enc_len=10, dec_len=6, vocab=config.vocab_size)

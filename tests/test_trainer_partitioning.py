@@ -18,7 +18,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import PartitionSpec as P
     sys.path.insert(0, sys.argv[1])
-    import test_trainer_support as support
+    import trainer_support as support
     from dss_jax import T5, get_config, losses, partitioning, trainer
     from dss_jax.model import init_params
 

@@ -1,6 +1,6 @@
 """Whole training runs on a synthetic task: resume after SIGKILL, SIGTERM save, NaN stop, eval/infer.
 
-Runs use the tiny T5 and the pre-tokenised tasks of ``test_trainer_support`` (imported by
+Runs use the tiny T5 and the pre-tokenised tasks of ``trainer_support`` (imported by
 the gin file; ``tests/`` is put on PYTHONPATH for subprocesses).
 """
 import json
@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-import test_trainer_support as support
+import trainer_support as support
 from dss_jax import checkpoints, metrics_logging
 from dss_jax import train as train_lib
 

@@ -96,7 +96,7 @@ def tiny_run_gin(task: str = "trainer_test_paired", eval_task: str = "trainer_te
         "train.progress_bar": False, "train.tensorboard": False, "OptimizerConfig.schedule": "'constant'",
     }
     values.update(bindings)
-    lines = ["import test_trainer_support", "include 'runs/finetune.gin'", "include 'models/t5_1_1_tiny.gin'",
+    lines = ["import trainer_support", "include 'runs/finetune.gin'", "include 'models/t5_1_1_tiny.gin'",
              "BENCHMARK = 'synthetic'", f"TASK = '{task}'", f"train.eval_tasks = ['{eval_task}']",
              "model_config.overrides = {'dropout_rate': 0.0}"]
     lines += [f"{k} = {v}" for k, v in values.items()]
