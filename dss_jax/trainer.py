@@ -180,15 +180,30 @@ def sharding_context(mesh: Mesh, rules):
         yield
 
 
+def abstract_sharded_train_state(model, optimizer, rng, input_shapes, mesh, rules, params=None):
+    """The state's shapes, dtypes and shardings, with nothing allocated: enough to compile
+    the train step ahead of time (``make_train_step(...).jitted.lower(abstract, batch)``).
+
+    Returns ``(abstract_state, state_shardings)``; every leaf of ``abstract_state`` is a
+    ``jax.ShapeDtypeStruct`` that carries its sharding.
+    """
+    init_fn = lambda r, p: init_train_state(model, optimizer, r, input_shapes, params=p)  # noqa: E731
+    with sharding_context(mesh, rules):
+        abstract = jax.eval_shape(init_fn, rng, params)
+        shardings = partitioning.state_shardings(abstract, model, mesh, rules)
+    abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                      abstract, shardings)
+    return abstract, shardings
+
+
 def create_sharded_train_state(model, optimizer, rng, input_shapes, mesh, rules, params=None):
     """Initialise the state directly into its shardings (no full copy on one device).
 
     Returns ``(state, state_shardings)``.
     """
     init_fn = lambda r, p: init_train_state(model, optimizer, r, input_shapes, params=p)  # noqa: E731
+    _, shardings = abstract_sharded_train_state(model, optimizer, rng, input_shapes, mesh, rules, params)
     with sharding_context(mesh, rules):
-        abstract = jax.eval_shape(init_fn, rng, params)
-        shardings = partitioning.state_shardings(abstract, model, mesh, rules)
         state = jax.jit(init_fn, out_shardings=shardings)(rng, params)
     return state, shardings
 

@@ -121,3 +121,30 @@ def test_host_shard_info_and_local_batch_size_on_one_host():
     info = partitioning.host_shard_info()
     assert (info.index, info.num_shards) == (0, 1)
     assert partitioning.local_batch_size(64) == 64
+
+
+def test_a_step_compiled_from_the_abstract_state_runs_on_the_real_state():
+    """`abstract_sharded_train_state` allocates nothing, yet is enough to compile the step
+    ahead of time; the program then takes the real state and matches the jitted step."""
+    import jax
+    import numpy as np
+
+    import trainer_support as support
+    from dss_jax import T5, get_config, losses, trainer
+
+    model = T5(get_config("t5_1_1_tiny", dropout_rate=0.0))
+    optimizer = trainer.make_optimizer("adamw", 1e-2)
+    mesh = partitioning.make_mesh(1, 1, devices=jax.devices()[:1])
+    rules = partitioning.logical_axis_rules()
+    rng, shapes = jax.random.PRNGKey(0), ((1, 1), (1, 1))
+    abstract, shardings = trainer.abstract_sharded_train_state(model, optimizer, rng, shapes, mesh, rules)
+    for leaf, sharding in zip(jax.tree_util.tree_leaves(abstract), jax.tree_util.tree_leaves(shardings)):
+        assert isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding == sharding
+    batch = support.random_batch(np.random.default_rng(0), rows=4, enc_len=12, dec_len=6)
+    step = trainer.make_train_step(model, optimizer, losses.LossConfig("paired"), mesh, shardings,
+                                   partitioning.batch_shardings(mesh, list(batch)), rules)
+    with trainer.sharding_context(mesh, rules):
+        compiled = step.jitted.lower(abstract, batch).compile()
+    _, ahead = compiled(trainer.create_sharded_train_state(model, optimizer, rng, shapes, mesh, rules)[0], batch)
+    _, jitted = step(trainer.create_sharded_train_state(model, optimizer, rng, shapes, mesh, rules)[0], batch)
+    assert float(ahead["loss"]) == float(jitted["loss"])
