@@ -145,16 +145,16 @@ class Dense(nn.Module):
     param_dtype: str
 
     @nn.compact
-    def __call__(self, x: Array, cache_transposed: bool = False) -> Array:
-        """`cache_transposed` (incremental decoding): keep a copy of the kernel as [out, in]
-        in the "cache" collection, made on the first step, and multiply with it on every
-        step. On CPU a [batch, in] x [in, out] matmul with a small batch runs 1.5-3x slower
+    def __call__(self, x: Array, decode_step: bool = False) -> Array:
+        """`decode_step`: the projection runs on every incremental-decoding step. Where
+        `_transposed_decode_kernels()` (CPU), keep a copy of the kernel as [out, in] in the
+        "cache" collection, made on the first step, and multiply with it on every step. On CPU a [batch, in] x [in, out] matmul with a small batch runs 1.5-3x slower
         than the same product computed as [out, in] x [in, batch] (measured with T5-small
         shapes: the output layer 8.0 -> 2.8 ms, 24 [512, 1024] kernels 6.7 -> 4.3 ms)."""
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                             (x.shape[-1], self.features), _dtype(self.param_dtype))
         dtype = _dtype(self.dtype)
-        if cache_transposed:
+        if decode_step and _transposed_decode_kernels():
             transposed = self.variable("cache", "kernel_transposed",
                                        lambda: jax.lax.optimization_barrier(jnp.transpose(kernel.astype(dtype))))
             rows = x.reshape(-1, x.shape[-1]).astype(dtype)
@@ -269,24 +269,23 @@ class Attention(nn.Module):
     deterministic: bool = True
     decode: bool = False
 
-    def _project(self, name: str, x: Array, init: Callable, step_kernel: bool = False) -> Array:
-        """x times the named kernel, split into heads [B, L, H, D]. `step_kernel`: the
-        projection runs on every decode step (see `Dense.cache_transposed`)."""
+    def _project(self, name: str, x: Array, init: Callable, decode_step: bool = False) -> Array:
+        """x times the named kernel, split into heads [B, L, H, D] (`decode_step`: see `Dense`)."""
         cfg = self.config
         y = Dense(cfg.inner_dim, ("embed", "joined_kv"), init, cfg.dtype, cfg.param_dtype, name=name)(
-            x, cache_transposed=step_kernel and _transposed_decode_kernels())
+            x, decode_step=decode_step)
         return _constrain(_split_heads(y, cfg.num_heads), ("batch", "length", "heads", "kv"))
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array,
                  decode_position: Optional[Array] = None, max_decode_length: Optional[int] = None) -> Array:
         cfg = self.config
-        query = self._project("query", inputs_q, _query_init(cfg.d_kv), step_kernel=self.decode)
+        query = self._project("query", inputs_q, _query_init(cfg.d_kv), decode_step=self.decode)
         if self.decode and self.is_cross_attention:
             key, value = self._cached_cross_key_value(inputs_kv)
         else:
-            key = self._project("key", inputs_kv, _KERNEL_INIT, step_kernel=self.decode)
-            value = self._project("value", inputs_kv, _KERNEL_INIT, step_kernel=self.decode)
+            key = self._project("key", inputs_kv, _KERNEL_INIT, decode_step=self.decode)
+            value = self._project("value", inputs_kv, _KERNEL_INIT, decode_step=self.decode)
             if self.decode:
                 key, value = self._update_self_cache(key, value, decode_position, max_decode_length)
         out = dot_product_attention(query, key, value, bias, dropout_rate=cfg.dropout_rate,
@@ -295,7 +294,7 @@ class Attention(nn.Module):
         out = _constrain(out, ("batch", "length", "heads", "kv"))
         out = out.reshape(out.shape[:-2] + (cfg.inner_dim,))
         return Dense(cfg.d_model, ("joined_kv", "embed"), _KERNEL_INIT, cfg.dtype, cfg.param_dtype,
-                     name="out")(out, cache_transposed=self.decode and _transposed_decode_kernels())
+                     name="out")(out, decode_step=self.decode)
 
     def _update_self_cache(self, key, value, decode_position, max_decode_length):
         if decode_position is None or max_decode_length is None:
@@ -333,11 +332,10 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        step_kernels = self.decode and _transposed_decode_kernels()
 
         def dense_in(name):
             return Dense(cfg.d_ff, ("embed", "mlp"), _MLP_INIT, cfg.dtype, cfg.param_dtype, name=name)(
-                x, cache_transposed=step_kernels)
+                x, decode_step=self.decode)
 
         if cfg.is_gated:
             hidden = jax.nn.gelu(dense_in("wi_0"), approximate=True) * dense_in("wi_1")
@@ -346,7 +344,7 @@ class MLP(nn.Module):
         hidden = _constrain(hidden, ("batch", "length", "mlp"))
         hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
         return Dense(cfg.d_model, ("mlp", "embed"), _MLP_INIT, cfg.dtype, cfg.param_dtype, name="wo")(
-            hidden, cache_transposed=step_kernels)
+            hidden, decode_step=self.decode)
 
 
 def _norm(cfg: T5Config, name: str) -> RMSNorm:
@@ -500,13 +498,13 @@ class Decoder(nn.Module):
             logits = self.shared_embedding.attend(x)
         else:
             logits = Dense(cfg.vocab_size, ("embed", "vocab"), _MLP_INIT, "float32", cfg.param_dtype,
-                           name="logits_dense")(x, cache_transposed=decode and _transposed_decode_kernels())
+                           name="logits_dense")(x, decode_step=decode)
         return _constrain(logits, ("batch", "length", "vocab"))
 
 
 def _transposed_decode_kernels() -> bool:
     """Whether incremental decoding caches [out, in] copies of the decoder's per-step
-    kernels (`Dense.cache_transposed`): on CPU only, where it pays (T5-small, batch 16,
+    kernels (`Dense`, `decode_step=True`): on CPU only, where it pays (T5-small, batch 16,
     the 2-core dev box: 31 -> 27 ms a step); on accelerators the matmuls are fast either way and the copies
     would only cost memory (the decoder's weights once more)."""
     return jax.default_backend() == "cpu"

@@ -7,28 +7,11 @@ import numpy as np
 import pytest
 
 import dss_jax
+from model_support import random_params as _random_params, tiny_config as _config
 from dss_jax.decoding import compiled_greedy_decode
-from dss_jax.model import T5, abstract_params, stack_layers
+from dss_jax.model import T5, stack_layers
 
 MAX_LEN = 8
-
-
-def _config(name="t5_1_1_tiny", **overrides):
-    return dss_jax.get_config(name, dropout_rate=0.0, **overrides)
-
-
-@functools.lru_cache(maxsize=None)
-def _random_params(name, seed=0):
-    """Parameters drawn with numpy; large enough layers that greedy outputs vary."""
-    rng = np.random.RandomState(seed)
-
-    def draw(path, leaf):
-        if path[-1].key == "scale":
-            return np.ones(leaf.shape, np.float32)
-        std = 1.0 if path[-1].key == "embedding" else leaf.shape[-2] ** -0.5
-        return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, abstract_params(_config(name)))
 
 
 def _encoder_tokens(batch=3, length=10, seed=0):

@@ -1,7 +1,7 @@
 """The Flax T5's forward pass: layer layouts, packing, remat, dtypes, dropout, axis names.
 
 Compilation dominates the run time of these tests on CPU, so they share jitted functions
-and make parameters with numpy (`_random_params`) instead of compiling an init.
+and make parameters with numpy (`model_support.random_params`) instead of compiling an init.
 """
 import functools
 
@@ -13,29 +13,11 @@ import optax
 import pytest
 
 import dss_jax
+from model_support import random_params as _random_params, tiny_config as _config
 from dss_jax.model import T5, abstract_params, init_params, param_logical_axes, stack_layers, unstack_layers
 
 PARAM_AXIS_NAMES = {"vocab", "embed", "mlp", "heads", "kv", "joined_kv", "relpos_buckets", "layers"}
 STYLES = ["t5_1_1_tiny", "t5_1_0_tiny"]
-
-
-def _config(name="t5_1_1_tiny", **overrides):
-    return dss_jax.get_config(name, dropout_rate=0.0, **overrides)
-
-
-@functools.lru_cache(maxsize=None)
-def _random_params(name, seed=0):
-    """Unscanned parameters of the named config, drawn with numpy (no XLA compile)."""
-    rng = np.random.RandomState(seed)
-
-    def draw(path, leaf):
-        last = path[-1].key
-        if last == "scale":
-            return (1.0 + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
-        std = 1.0 if last == "embedding" else leaf.shape[-2] ** -0.5
-        return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, abstract_params(_config(name)))
 
 
 @functools.lru_cache(maxsize=None)
