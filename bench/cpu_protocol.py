@@ -12,7 +12,8 @@ between the peer and us, so that drifts of the machine hit both.
 
 Printed per mode: median s/step, examples/s, ours/peer ratio, model FLOP/s over the
 measured fp32 matmul peak (MFU), peak RSS; and decoding sequences/s (batch 16, labels up
-to 16 new tokens, rationales exactly 128 new tokens).
+to 16 new tokens, rationales exactly 128 new tokens; the peer in fp32, ours in fp32 and
+in bf16).
 
 Model FLOPs per step = 6 x (encoder matmul parameters x real encoder tokens + decoder
 matmul parameters incl. the output layer x real decoder tokens), real = non-pad tokens
@@ -87,7 +88,7 @@ def build_plan(only: str | None) -> list[tuple[str, str, list[str]]]:
         ("peer", "train_bf16", []), ("ours", "train_bf16", []),
         ("peer", "train_compile", []), ("ours", "train_nopack", ["--no_pack"]),
     ]
-    decode = [("peer", "decode", []), ("ours", "decode", [])]
+    decode = [("peer", "decode", []), ("ours", "decode", []), ("ours", "decode_bf16", [])]
     if only == "train":
         return train
     if only == "decode":
@@ -110,12 +111,13 @@ def format_table(results: dict, flops: dict, peak: float) -> str:
     rows += ["", "| system | task | sequences/s | ours/peer |", "|---|---|---|---|"]
     for task in ("label", "rationale"):
         peer_r = results.get(("peer", "decode"), {}).get(f"decode_{task}")
-        ours_r = results.get(("ours", "decode"), {}).get(f"decode_{task}")
-        for system, r in (("peer", peer_r), ("ours", ours_r)):
+        if peer_r:
+            rows.append(f"| peer (fp32) | {task} | {peer_r['sequences_per_s']:.2f} | - |")
+        for mode, label in (("decode", "ours (fp32)"), ("decode_bf16", "ours (bf16)")):
+            r = results.get(("ours", mode), {}).get(f"decode_{task}")
             if r:
-                ratio = f"{ours_r['sequences_per_s'] / peer_r['sequences_per_s']:.2f}" if (
-                    system == "ours" and peer_r) else "-"
-                rows.append(f"| {system} | {task} | {r['sequences_per_s']:.2f} | {ratio} |")
+                ratio = f"{r['sequences_per_s'] / peer_r['sequences_per_s']:.2f}" if peer_r else "-"
+                rows.append(f"| {label} | {task} | {r['sequences_per_s']:.2f} | {ratio} |")
     return "\n".join(rows)
 
 

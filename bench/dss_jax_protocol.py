@@ -3,6 +3,7 @@
     python bench/dss_jax_protocol.py --mode train        # fp32
     python bench/dss_jax_protocol.py --mode train_bf16   # bfloat16 activations, fp32 params
     python bench/dss_jax_protocol.py --mode decode       # greedy, batch 16: labels, rationales
+    python bench/dss_jax_protocol.py --mode decode_bf16  # the same with bfloat16 activations
 
 Same work as the peer (`hf_dss_peer.py`): the first 1024 CQA rows with PaLM rationales,
 parsed by `dss_jax.data`; spm8k tokenizer, EOS appended, truncation at 128; T5 1.1 small
@@ -42,7 +43,7 @@ def log(*args):
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", required=True, choices=["train", "train_bf16", "decode"])
+    p.add_argument("--mode", required=True, choices=["train", "train_bf16", "decode", "decode_bf16"])
     p.add_argument("--data_dir", type=pathlib.Path, default=SHARED / "dss_datasets")
     p.add_argument("--spm", type=pathlib.Path, default=SHARED / "bench" / "spm8k.model")
     p.add_argument("--config", default="t5_1_1_small")
@@ -198,8 +199,9 @@ def run_decode(args, examples, tok, result):
     import dss_jax
     from dss_jax import trainer
 
-    config, model = build_model(args, "float32")
+    config, model = build_model(args, "bfloat16" if args.mode == "decode_bf16" else "float32")
     params = trainer.init_params(model, jax.random.PRNGKey(0), ((1, 8), (1, 8)))
+    result["dtype"] = config.dtype
 
     def batches_for(key):
         out = []
@@ -242,7 +244,7 @@ def main():
     examples = load_examples(args.data_dir, args.n_examples)
     tok = Tokenizer(args.spm)
     result["data_load_s"] = time.perf_counter() - t0
-    if args.mode == "decode":
+    if args.mode.startswith("decode"):
         run_decode(args, examples, tok, result)
     else:
         run_train(args, examples, tok, result)

@@ -21,12 +21,9 @@ def _encoder_tokens(batch=3, length=10, seed=0):
     return tokens
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_cached_step_by_step_logits_equal_the_full_forward(scan_layers):
-    config = _config(scan_layers=scan_layers)
-    params = _random_params("t5_1_1_tiny")
-    if scan_layers:
-        params = stack_layers(params, _config())
+def _step_by_step_and_full_logits(config, params):
+    """Logits of a teacher-forced decoder input computed one cached step at a time, the
+    final decode cache, and the same logits from one full forward pass."""
     model = T5(config)
     encoder = _encoder_tokens()
     decoder = np.random.RandomState(1).randint(2, 128, size=(3, MAX_LEN)).astype(np.int32)
@@ -42,11 +39,30 @@ def test_cached_step_by_step_logits_equal_the_full_forward(scan_layers):
             return {"params": p, "cache": mutated["cache"]}, logits[:, 0]
 
         variables, first = one_step({"params": p}, decoder[:, :1])
-        _, rest = jax.lax.scan(one_step, variables, jnp.asarray(decoder[:, 1:, None]).transpose(1, 0, 2))
-        return jnp.concatenate([first[:, None], rest.transpose(1, 0, 2)], axis=1)
+        variables, rest = jax.lax.scan(one_step, variables, jnp.asarray(decoder[:, 1:, None]).transpose(1, 0, 2))
+        return jnp.concatenate([first[:, None], rest.transpose(1, 0, 2)], axis=1), variables["cache"]
 
     full = jax.jit(lambda p: model.apply({"params": p}, encoder, decoder, enable_dropout=False))(params)
-    np.testing.assert_allclose(step_by_step(params), full, atol=1e-5, rtol=1e-5)
+    logits, cache = step_by_step(params)
+    return logits, cache, full
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_cached_step_by_step_logits_equal_the_full_forward(scan_layers):
+    params = _random_params("t5_1_1_tiny")
+    if scan_layers:
+        params = stack_layers(params, _config())
+    logits, _, full = _step_by_step_and_full_logits(_config(scan_layers=scan_layers), params)
+    np.testing.assert_allclose(logits, full, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_decoding_keeps_float32_caches_on_cpu_and_follows_the_full_forward():
+    logits, cache, full = _step_by_step_and_full_logits(_config(dtype="bfloat16"), _random_params("t5_1_1_tiny"))
+    cached = {jax.tree_util.keystr(path): leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(cache)
+              if "cached_" in jax.tree_util.keystr(path)}
+    assert cached and all(dtype == jnp.float32 for dtype in cached.values()), cached
+    relative_error = np.linalg.norm(np.asarray(logits) - np.asarray(full)) / np.linalg.norm(np.asarray(full))
+    assert relative_error < 2e-2, relative_error
 
 
 @functools.lru_cache(maxsize=None)
