@@ -67,6 +67,12 @@ def use_for(dtype) -> bool:
     return jnp.dtype(dtype) == jnp.bfloat16 and cpu_has_bf16_matrix_units()
 
 
+def _row_major_permute(a: jax.Array, spec: str, new_spec: str) -> jax.Array:
+    """`a` with its axes reordered from `spec` to `new_spec`, physically (see `_row_major_transpose`)."""
+    permuted = jnp.transpose(a, [spec.index(c) for c in new_spec])
+    return jax.lax.optimization_barrier(permuted.reshape(-1)).reshape(permuted.shape)
+
+
 def _row_major_transpose(a: jax.Array) -> jax.Array:
     """a.T [N, M] stored row-major. Flattening forces the data to be moved; the barrier stops
     XLA from cancelling the reshapes and folding the transpose back into the consumer's layout."""
@@ -131,6 +137,9 @@ def _einsum_bwd(spec, residuals, grad):
     return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
 
 
+einsum.defvjp(_einsum_fwd, _einsum_bwd)
+
+
 def _contract_last(grad, grad_spec, other, other_spec, result_spec):
     """einsum(grad, other) -> result as a dot whose left operand is `grad` laid out
     [batch..., free..., contracted]: XLA CPU cannot run a bfloat16 batched dot that
@@ -152,12 +161,3 @@ def _contract_last(grad, grad_spec, other, other_spec, result_spec):
                               preferred_element_type=jnp.float32)
     out_spec = "".join(batch + free_grad + free_other)
     return jnp.transpose(out, [out_spec.index(c) for c in result_spec])
-
-
-def _row_major_permute(a: jax.Array, spec: str, new_spec: str) -> jax.Array:
-    """`a` with its axes reordered from `spec` to `new_spec`, physically (see `_row_major_transpose`)."""
-    permuted = jnp.transpose(a, [spec.index(c) for c in new_spec])
-    return jax.lax.optimization_barrier(permuted.reshape(-1)).reshape(permuted.shape)
-
-
-einsum.defvjp(_einsum_fwd, _einsum_bwd)
