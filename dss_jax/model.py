@@ -149,9 +149,10 @@ class Dense(nn.Module):
     def __call__(self, x: Array, decode_step: bool = False) -> Array:
         """`decode_step`: the projection runs on every incremental-decoding step. Where
         `_transposed_decode_kernels()` (CPU), keep a copy of the kernel as [out, in] in the
-        "cache" collection, made on the first step, and multiply with it on every step. On CPU a [batch, in] x [in, out] matmul with a small batch runs 1.5-3x slower
-        than the same product computed as [out, in] x [in, batch] (measured with T5-small
-        shapes: the output layer 8.0 -> 2.8 ms, 24 [512, 1024] kernels 6.7 -> 4.3 ms).
+        "cache" collection, made on the first step, and multiply with it on every step. On
+        CPU a [batch, in] x [in, out] matmul with a small batch runs 1.5-3x slower than the
+        same product computed as [out, in] x [in, batch] (measured with T5-small shapes:
+        the output layer 8.0 -> 2.8 ms, 24 [512, 1024] kernels 6.7 -> 4.3 ms).
 
         Otherwise, on one CPU device, the product is `cpu_matmul.matmul`: the same math
         with a forward and backward pass laid out the way XLA CPU multiplies fastest (in
@@ -341,7 +342,8 @@ class Attention(nn.Module):
                     self.get_variable("cache", "cached_cross_value"))
         key = _heads_major(self._project("key", encoded, _KERNEL_INIT))
         value = _heads_major(self._project("value", encoded, _KERNEL_INIT))
-        key, value = key.astype(_cache_dtype(key.dtype)), value.astype(_cache_dtype(value.dtype))
+        dtype = _cache_dtype(key.dtype)
+        key, value = key.astype(dtype), value.astype(dtype)
         self.put_variable("cache", "cached_cross_key", key)
         self.put_variable("cache", "cached_cross_value", value)
         return key, value
