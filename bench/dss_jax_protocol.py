@@ -17,7 +17,9 @@ to padding, and both tasks run in ONE forward/backward pass of one jitted step. 
 from a few shape buckets; every bucket is compiled ahead of time from abstract shapes
 (`jit(...).lower(...).compile()`), so no training step is spent on compilation and the
 45 measured steps are exactly the protocol's. The step result is
-not fetched inside the loop except the timing barrier (`block_until_ready`).
+not fetched inside the loop except the timing barrier (`block_until_ready`). Like the
+`dss_jax` command-line tools, the script restarts itself with transparent huge pages for
+host memory (`dss_jax.host_memory`; `DSS_HOST_HUGE_PAGES=0` to measure without).
 Progress goes to stderr, one JSON result line to stdout.
 """
 from __future__ import annotations
@@ -239,7 +241,7 @@ def main():
 
     result = {"impl": "dss_jax", "mode": args.mode, "jax": jax.__version__, "batch_size": args.batch_size,
               "warmup": args.warmup, "steps": args.steps, "devices": str(jax.devices()),
-              "xla_flags": os.environ.get("XLA_FLAGS", "")}
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     t0 = time.perf_counter()
     examples = load_examples(args.data_dir, args.n_examples)
     tok = Tokenizer(args.spm)
@@ -253,4 +255,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from dss_jax import host_memory
+
+    host_memory.reexec_with_huge_pages()  # as `python -m dss_jax.train` does
     main()

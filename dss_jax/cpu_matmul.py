@@ -84,18 +84,20 @@ def _dot(a: jax.Array, b: jax.Array, dtype: str) -> jax.Array:
     return jnp.dot(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def matmul(x: jax.Array, kernel: jax.Array, dtype: str = "bfloat16") -> jax.Array:
-    """x [..., K] times kernel [K, N] computed in `dtype`, result [..., N] in `dtype`."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def matmul(x: jax.Array, kernel: jax.Array, dtype: str = "bfloat16", result_dtype: str | None = None) -> jax.Array:
+    """x [..., K] times kernel [K, N] computed in `dtype`, result [..., N] in `result_dtype`
+    (default `dtype`; "float32" keeps the product as the matrix units return it)."""
     rows = x.reshape(-1, x.shape[-1])
-    return _dot(rows, kernel, dtype).astype(dtype).reshape(x.shape[:-1] + (kernel.shape[-1],))
+    product = _dot(rows, kernel, dtype).astype(result_dtype or dtype)
+    return product.reshape(x.shape[:-1] + (kernel.shape[-1],))
 
 
-def _matmul_fwd(x, kernel, dtype):
-    return matmul(x, kernel, dtype), (x, kernel)
+def _matmul_fwd(x, kernel, dtype, result_dtype):
+    return matmul(x, kernel, dtype, result_dtype), (x, kernel)
 
 
-def _matmul_bwd(dtype, residuals, grad):
+def _matmul_bwd(dtype, result_dtype, residuals, grad):
     x, kernel = residuals
     rows = x.reshape(-1, x.shape[-1]).astype(dtype)
     grad_rows = grad.reshape(-1, grad.shape[-1]).astype(dtype)

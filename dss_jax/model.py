@@ -146,8 +146,12 @@ class Dense(nn.Module):
     param_dtype: str
 
     @nn.compact
-    def __call__(self, x: Array, decode_step: bool = False) -> Array:
-        """`decode_step`: the projection runs on every incremental-decoding step. Where
+    def __call__(self, x: Array, decode_step: bool = False, float32_result: bool = False) -> Array:
+        """The product in `dtype`, or in float32 with `float32_result` (for a consumer that
+        computes in float32: on CPU that skips a rounding and a cast, since the product is
+        float32 before it is cast).
+
+        `decode_step`: the projection runs on every incremental-decoding step. Where
         `_transposed_decode_kernels()` (CPU), keep a copy of the kernel as [out, in] in the
         "cache" collection, made on the first step, and multiply with it on every step. On
         CPU a [batch, in] x [in, out] matmul with a small batch runs 1.5-3x slower than the
@@ -160,6 +164,7 @@ class Dense(nn.Module):
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                             (x.shape[-1], self.features), _dtype(self.param_dtype))
         dtype = _dtype(self.dtype)
+        result_dtype = jnp.dtype(jnp.float32) if float32_result else dtype
         if decode_step and _transposed_decode_kernels():
             transposed = self.variable("cache", "kernel_transposed",
                                        lambda: jax.lax.optimization_barrier(jnp.transpose(kernel.astype(dtype))))
@@ -169,10 +174,10 @@ class Dense(nn.Module):
             # A float32 result: in bfloat16, the only form XLA CPU runs on the bf16 matrix units.
             y = jax.lax.optimization_barrier(
                 jnp.einsum("fd,bd->fb", transposed.value, rows, preferred_element_type=jnp.float32))
-            return jnp.transpose(y).astype(dtype).reshape(x.shape[:-1] + (self.features,))
+            return jnp.transpose(y).astype(result_dtype).reshape(x.shape[:-1] + (self.features,))
         if cpu_matmul.use_for(dtype):
-            return cpu_matmul.matmul(x, kernel, dtype.name)
-        return jnp.einsum("...d,df->...f", x.astype(dtype), kernel.astype(dtype))
+            return cpu_matmul.matmul(x, kernel, dtype.name, result_dtype.name)
+        return jnp.einsum("...d,df->...f", x.astype(dtype), kernel.astype(dtype)).astype(result_dtype)
 
 
 class Embed(nn.Module):
@@ -360,12 +365,16 @@ class MLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
 
-        def dense_in(name):
+        def dense_in(name, float32_result=False):
             return Dense(cfg.d_ff, ("embed", "mlp"), _MLP_INIT, cfg.dtype, cfg.param_dtype, name=name)(
-                x, decode_step=self.decode)
+                x, decode_step=self.decode, float32_result=float32_result)
 
         if cfg.is_gated:
-            hidden = jax.nn.gelu(dense_in("wi_0"), approximate=True) * dense_in("wi_1")
+            # The gate in float32, cast once: XLA CPU computes bfloat16 elementwise math by
+            # converting every operation (T5 1.1 small encoder layer, 1072 tokens: 2.4 ->
+            # 0.8 ms), and float32 is also the more exact gate.
+            gate = jax.nn.gelu(dense_in("wi_0", True), approximate=True) * dense_in("wi_1", True)
+            hidden = gate.astype(_dtype(cfg.dtype))
         else:
             hidden = jax.nn.relu(dense_in("wi"))
         hidden = _constrain(hidden, ("batch", "length", "mlp"))
@@ -632,3 +641,20 @@ def unstack_layers(params: dict, config: T5Config) -> dict:
             sub[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
         out[stack] = sub
     return out
+
+
+def kernels_in_compute_dtype(params: dict, config: T5Config) -> dict:
+    """`params` with every projection kernel the model multiplies in `config.dtype` cast to
+    it: all `kernel`s but the float32 output layer's (`logits_dense`). The model casts them
+    itself on every call, so the outputs are bitwise the same; for inference on fixed
+    parameters, where the per-call casts are wasted work (T5 1.1 small in bf16, batch 16:
+    about 38 ms of a 16-token decoding call). Everything else keeps its dtype."""
+    dtype = _dtype(config.dtype)
+
+    def cast(path, leaf):
+        names = [getattr(entry, "key", None) for entry in path]
+        if names[-1] == "kernel" and "logits_dense" not in names:
+            return leaf.astype(dtype)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(cast, params)

@@ -343,4 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from dss_jax import host_memory
+
+    host_memory.reexec_with_huge_pages()
     sys.exit(main())
