@@ -123,8 +123,8 @@ def _greedy_decode_fn(config: T5Config, max_decode_len: int, weights: DecodeWeig
                                       tokens[:, None], enable_dropout=False, decode=True,
                                       max_decode_length=max_decode_len, method=T5.decode, mutable=["cache"])
         # Reduced over the vocabulary as the leading axis: on CPU the output layer makes
-        # [vocab, batch] (`model.Dense`), which this reads in order (argmax 1.5 -> 0.2 ms a
-        # step, T5 1.1 small, batch 16); elsewhere XLA reduces the transpose as fast.
+        # [vocab, batch] (`model.Dense`), which this reads in order (T5 1.1 small, batch 16,
+        # bf16: 1.3 ms for `jnp.argmax` -> 0.6 ms a step); elsewhere a plain reduction.
         return first_argmax(jnp.transpose(logits[:, -1, :]), axis=0), mutated["cache"]
 
     start = jnp.full((batch,), config.decoder_start_id, jnp.int32)
