@@ -49,6 +49,10 @@ class T5Config:
     decoder_start_id: int = 0
     dtype: str = "float32"  # activations
     param_dtype: str = "float32"
+    # The output layer multiplies float32 operands (T5X's choice) or, when False, operands
+    # in `dtype` with float32 accumulation (as torch autocast and MaxText's default do).
+    # The logits are float32 either way.
+    logits_dot_in_fp32: bool = True
     remat_policy: str = "none"  # none | full | minimal
     scan_layers: bool = False
 
@@ -68,12 +72,19 @@ class T5Config:
                       "relative_attention_max_distance"):
             if int(getattr(self, field)) <= 0:
                 raise ValueError(f"{field} must be positive, got {getattr(self, field)!r}")
+        if not isinstance(self.logits_dot_in_fp32, bool):
+            raise ValueError(f"logits_dot_in_fp32 must be a bool, got {self.logits_dot_in_fp32!r}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
 
     @property
     def is_gated(self) -> bool:
         return self.mlp_activation.startswith("gated-")
+
+    @property
+    def logits_operand_dtype(self) -> str:
+        """The dtype the output layer multiplies in (its result is always float32)."""
+        return "float32" if self.logits_dot_in_fp32 else self.dtype
 
     @property
     def inner_dim(self) -> int:

@@ -6,15 +6,16 @@ little padding with few distinct shapes (each new shape is one more XLA compilat
 
 Sequences are placed first-fit-decreasing by input length into rows whose encoder part
 holds `encoder_row_len` tokens and decoder part `decoder_row_len` tokens; the number of
-rows is the smallest that fits, rounded up to a multiple of `row_multiple`. Row lengths
-come from a small bucket list, so a stream of steps compiles a handful of programs.
+rows is the smallest that fits, rounded up to a multiple of `row_multiple`. Both row
+lengths come from short bucket lists (the pair with the least padding wins), so a stream
+of steps compiles a handful of programs.
 The output is SeqIO's packed encoder-decoder layout (segment ids from 1, positions from 0
 within each segment, decoder inputs shifted right per segment with start id 0) plus
 `task_ids` per target token.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -38,43 +39,67 @@ def _first_fit_decreasing(pairs: Sequence[tuple[int, int]], rows: int, enc_cap: 
     return placement
 
 
-def plan_rows(pairs: Sequence[tuple[int, int]], encoder_row_len: int, decoder_row_lens: Sequence[int],
-              row_multiple: int = 1) -> tuple[int, int, list[int]]:
-    """(rows, decoder_row_len, placement) with the fewest padded tokens that fit."""
+class RowPlan(NamedTuple):
+    """Where each sequence goes: `placement[i]` is the row of pair i."""
+
+    rows: int
+    encoder_row_len: int
+    decoder_row_len: int
+    placement: list[int]
+
+
+def _lengths(lengths: int | Sequence[int], name: str) -> list[int]:
+    lengths = [lengths] if isinstance(lengths, int) else sorted(set(lengths))
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"{name} must be positive lengths, got {lengths}")
+    return lengths
+
+
+def plan_rows(pairs: Sequence[tuple[int, int]], encoder_row_lens: int | Sequence[int],
+              decoder_row_lens: int | Sequence[int], row_multiple: int = 1) -> RowPlan:
+    """The row shape (count, encoder length, decoder length) with the fewest padded tokens,
+    weighing a decoder token twice (it also pays the output layer), that fits every pair."""
     if not pairs:
         raise ValueError("nothing to pack")
-    longest_enc = max(e for e, _ in pairs)
-    if longest_enc > encoder_row_len:
-        raise ValueError(f"an input of {longest_enc} tokens does not fit rows of {encoder_row_len}")
+    encoder_row_lens = _lengths(encoder_row_lens, "encoder_row_lens")
+    decoder_row_lens = _lengths(decoder_row_lens, "decoder_row_lens")
+    longest_enc, longest_dec = max(e for e, _ in pairs), max(d for _, d in pairs)
+    if longest_enc > encoder_row_lens[-1]:
+        raise ValueError(f"an input of {longest_enc} tokens does not fit rows of {encoder_row_lens[-1]}")
+    if longest_dec > decoder_row_lens[-1]:
+        raise ValueError(f"a target of {longest_dec} tokens is longer than every decoder row length "
+                         f"{decoder_row_lens}")
     best = None
-    for dec_len in sorted(decoder_row_lens):
-        if max(d for _, d in pairs) > dec_len:
+    for enc_len in encoder_row_lens:
+        if longest_enc > enc_len:
             continue
-        rows = max(-(-sum(e for e, _ in pairs) // encoder_row_len), -(-sum(d for _, d in pairs) // dec_len), 1)
-        rows = -(-rows // row_multiple) * row_multiple
-        while rows <= len(pairs):
-            placement = _first_fit_decreasing(pairs, rows, encoder_row_len, dec_len)
-            if placement is not None:
-                # Cost model: the decoder token also pays the output layer, so weigh it more.
-                cost = rows * (encoder_row_len + 2 * dec_len)
-                if best is None or cost < best[0]:
-                    best = (cost, rows, dec_len, placement)
-                break
-            rows += row_multiple
-    if best is None:
-        raise ValueError(f"a target longer than every decoder row length {list(decoder_row_lens)}")
-    return best[1], best[2], best[3]
+        for dec_len in decoder_row_lens:
+            if longest_dec > dec_len:
+                continue
+            rows = max(-(-sum(e for e, _ in pairs) // enc_len), -(-sum(d for _, d in pairs) // dec_len), 1)
+            rows = -(-rows // row_multiple) * row_multiple
+            while rows <= len(pairs) + row_multiple:
+                placement = _first_fit_decreasing(pairs, rows, enc_len, dec_len)
+                if placement is not None:
+                    cost = rows * (enc_len + 2 * dec_len)
+                    if best is None or cost < best[0]:
+                        best = (cost, RowPlan(rows, enc_len, dec_len, placement))
+                    break
+                rows += row_multiple
+    return best[1]
 
 
 def pack(inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], task_ids: Sequence[int],
-         encoder_row_len: int, decoder_row_lens: Sequence[int], row_multiple: int = 1) -> dict[str, np.ndarray]:
-    """Packed encoder-decoder features for the given sequences (EOS already appended)."""
+         encoder_row_lens: int | Sequence[int], decoder_row_lens: int | Sequence[int],
+         row_multiple: int = 1) -> dict[str, np.ndarray]:
+    """Packed encoder-decoder features for the given sequences (EOS already appended), in
+    the row shape `plan_rows` picks from the given lengths."""
     if not (len(inputs) == len(targets) == len(task_ids)):
         raise ValueError("inputs, targets and task_ids must have the same length")
     pairs = [(len(x), len(y)) for x, y in zip(inputs, targets)]
     if min(min(p) for p in pairs) < 1:
         raise ValueError("empty input or target sequence")
-    rows, dec_len, placement = plan_rows(pairs, encoder_row_len, decoder_row_lens, row_multiple)
+    rows, encoder_row_len, dec_len, placement = plan_rows(pairs, encoder_row_lens, decoder_row_lens, row_multiple)
     out = {
         "encoder_input_tokens": np.zeros((rows, encoder_row_len), np.int32),
         "encoder_segment_ids": np.zeros((rows, encoder_row_len), np.int32),

@@ -86,13 +86,22 @@ def test_in_bfloat16_decode_weights_hold_the_kernels_cast_once_and_the_rest_as_s
     assert cast["encoder"]["encoder_norm"]["scale"].dtype == jnp.float32
 
 
+def test_a_bfloat16_output_layer_gets_its_kernel_cast_once_too():
+    params = _jax_params()
+    config = tiny_config(dtype="bfloat16", logits_dot_in_fp32=False)
+    weights = decoding.decode_weights(config, params)
+    assert weights.params["decoder"]["logits_dense"]["kernel"].dtype == jnp.bfloat16
+    assert weights.step_kernels["decoder"]["logits_dense"]["kernel_transposed"].dtype == jnp.bfloat16
+
+
 def test_in_float32_decoding_uses_the_parameters_as_passed():
     params = _jax_params()
     assert decoding.decode_weights(tiny_config(), params).params is params
 
 
-def test_kernels_cast_to_the_compute_dtype_give_bitwise_the_same_bfloat16_forward():
-    config = tiny_config(dtype="bfloat16")
+@pytest.mark.parametrize("logits_dot_in_fp32", [True, False])
+def test_kernels_cast_to_the_compute_dtype_give_bitwise_the_same_bfloat16_forward(logits_dot_in_fp32):
+    config = tiny_config(dtype="bfloat16", logits_dot_in_fp32=logits_dot_in_fp32)
     params = _jax_params()
     rng = np.random.RandomState(3)
     encoder = rng.randint(2, 128, size=(2, 9)).astype(np.int32)

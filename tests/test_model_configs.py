@@ -46,7 +46,8 @@ def test_unknown_config_name_lists_the_known_ones():
 
 
 @pytest.mark.parametrize("field,value", [("mlp_activation", "gated-silu"), ("remat_policy", "some"),
-                                         ("dtype", "float16"), ("d_model", 0), ("dropout_rate", 1.0)])
+                                         ("dtype", "float16"), ("d_model", 0), ("dropout_rate", 1.0),
+                                         ("logits_dot_in_fp32", "no")])
 def test_invalid_config_values_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         dss_jax.get_config("t5_1_1_tiny", **{field: value})

@@ -65,6 +65,14 @@ def test_bfloat16_decoding_keeps_float32_caches_on_cpu_and_follows_the_full_forw
     assert relative_error < 2e-2, relative_error
 
 
+def test_a_bfloat16_output_layer_decodes_step_by_step_as_its_full_forward():
+    config = _config(dtype="bfloat16", logits_dot_in_fp32=False)
+    logits, _, full = _step_by_step_and_full_logits(config, _random_params("t5_1_1_tiny"))
+    assert logits.dtype == jnp.float32
+    relative_error = np.linalg.norm(np.asarray(logits) - np.asarray(full)) / np.linalg.norm(np.asarray(full))
+    assert relative_error < 2e-2, relative_error
+
+
 @functools.lru_cache(maxsize=None)
 def _greedy(name, eos_id, batch=3):
     config = _config(name)

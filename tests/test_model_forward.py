@@ -156,6 +156,26 @@ def test_bfloat16_activations_keep_float32_params_and_logits():
     assert (encoded.dtype, logits.dtype) == (jnp.bfloat16, jnp.float32)
 
 
+@pytest.mark.parametrize("name", STYLES)
+def test_a_bfloat16_output_layer_still_gives_float32_logits_close_to_the_float32_product(name):
+    params = _random_params(name)
+    encoder, decoder = _batch()
+    fp32_dot = np.asarray(_logits_fn(_config(name, dtype="bfloat16"))(params, encoder, decoder))
+    bf16_dot = _logits_fn(_config(name, dtype="bfloat16", logits_dot_in_fp32=False))(params, encoder, decoder)
+    assert bf16_dot.dtype == jnp.float32
+    bf16_dot = np.asarray(bf16_dot)
+    relative_error = np.linalg.norm(bf16_dot - fp32_dot) / np.linalg.norm(fp32_dot)
+    assert 0 < relative_error < 2e-2, relative_error  # rounded operands, float32 sums
+
+
+@pytest.mark.parametrize("name", STYLES)
+def test_in_float32_the_output_layer_setting_changes_nothing(name):
+    params = _random_params(name)
+    encoder, decoder = _batch()
+    np.testing.assert_array_equal(_logits_fn(_config(name, logits_dot_in_fp32=False))(params, encoder, decoder),
+                                  _logits_fn(_config(name))(params, encoder, decoder))
+
+
 def test_encode_then_decode_equals_the_full_call():
     config = _config()
     params = _random_params("t5_1_1_tiny")
