@@ -101,6 +101,27 @@ def test_bfloat16_forward_and_backward_dots_run_natively_in_bfloat16():
     jax.block_until_ready(grad(x, kernel, q, k))  # and XLA can run them
 
 
+@pytest.mark.skipif(not cpu_matmul.cpu_has_bf16_matrix_units(), reason="CPU reports no bf16 matrix units")
+@pytest.mark.parametrize("logits_dot_in_fp32", [True, False])
+def test_a_bfloat16_t5_training_step_multiplies_in_float32_only_in_a_float32_output_layer(logits_dot_in_fp32):
+    import dss_jax
+    from dss_jax.model import T5
+    from model_support import random_params
+
+    config = dss_jax.get_config("t5_1_1_tiny", dropout_rate=0.0, dtype="bfloat16",
+                                logits_dot_in_fp32=logits_dot_in_fp32)
+    tokens = np.arange(2, 2 + 2 * 6, dtype=np.int32).reshape(2, 6)
+
+    def loss(params):
+        logits = T5(config).apply({"params": params}, tokens, tokens, enable_dropout=False)
+        return jnp.mean(jax.nn.log_softmax(logits))
+
+    hlo = jax.jit(jax.grad(loss)).lower(random_params("t5_1_1_tiny")).compile().as_text()
+    float32_dots = [t for t in _dot_operand_types(hlo) if t != ("bf16", "bf16")]
+    # the output layer's product and its two gradients
+    assert len(float32_dots) == (3 if logits_dot_in_fp32 else 0), float32_dots
+
+
 def test_bf16_matrix_units_are_read_from_the_cpu_flags(tmp_path):
     with_amx = tmp_path / "amx"
     with_amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_tile amx_bf16\n")
