@@ -54,6 +54,8 @@ def parse_args():
     p.add_argument("--data_dir", type=pathlib.Path, default=SHARED / "dss_datasets")
     p.add_argument("--spm", type=pathlib.Path, default=SHARED / "bench" / "spm8k.model")
     p.add_argument("--config", default="t5_1_1_small")
+    p.add_argument("--vocab_size", type=int, default=None,
+                   help="override the config's vocabulary (>= 8000 for the protocol's tokenizer; smoke runs)")
     p.add_argument("--n_examples", type=int, default=1024)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5)
@@ -137,7 +139,9 @@ def build_model(args, dtype: str):
     import dss_jax
 
     logits_dot_in_fp32 = dtype == "float32" or args.fp32_logits_dot
-    config = dss_jax.get_config(args.config, dropout_rate=0.0, dtype=dtype, logits_dot_in_fp32=logits_dot_in_fp32)
+    overrides = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
+    config = dss_jax.get_config(args.config, dropout_rate=0.0, dtype=dtype, logits_dot_in_fp32=logits_dot_in_fp32,
+                                **overrides)
     return config, dss_jax.T5(config)
 
 
