@@ -112,7 +112,7 @@ def _matmul_bwd(dtype, result_dtype, residuals, grad):
         # by 166 MiB (T5 1.1 small, one bucket: 800 -> 966 MiB).
         grad_x = jnp.dot(grad_rows, kernel.T)
     else:
-        grad_x = _dot(grad_rows, _row_major_transpose(kernel.astype(dtype)), dtype)
+        grad_x = _dot(grad_rows, _row_major_transpose(kernel), dtype)  # already in `dtype`
     grad_kernel = _dot(_row_major_transpose(rows), grad_rows, dtype)
     return grad_x.astype(x.dtype).reshape(x.shape), grad_kernel.astype(kernel_dtype.dtype)
 

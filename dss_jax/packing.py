@@ -69,6 +69,7 @@ def plan_rows(pairs: Sequence[tuple[int, int]], encoder_row_lens: int | Sequence
     if longest_dec > decoder_row_lens[-1]:
         raise ValueError(f"a target of {longest_dec} tokens is longer than every decoder row length "
                          f"{decoder_row_lens}")
+    enc_total, dec_total = sum(e for e, _ in pairs), sum(d for _, d in pairs)
     best = None
     for enc_len in encoder_row_lens:
         if longest_enc > enc_len:
@@ -76,9 +77,9 @@ def plan_rows(pairs: Sequence[tuple[int, int]], encoder_row_lens: int | Sequence
         for dec_len in decoder_row_lens:
             if longest_dec > dec_len:
                 continue
-            rows = max(-(-sum(e for e, _ in pairs) // enc_len), -(-sum(d for _, d in pairs) // dec_len), 1)
+            rows = max(-(-enc_total // enc_len), -(-dec_total // dec_len), 1)
             rows = -(-rows // row_multiple) * row_multiple
-            while rows <= len(pairs) + row_multiple:
+            while rows <= len(pairs) + row_multiple:  # a row per pair always fits
                 placement = _first_fit_decreasing(pairs, rows, enc_len, dec_len)
                 if placement is not None:
                     cost = rows * (enc_len + 2 * dec_len)
