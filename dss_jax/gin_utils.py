@@ -7,8 +7,9 @@
   named ``gin`` would shadow gin-config itself (``import gin`` would import the folder).
 * ``--gin.NAME=VALUE`` is shorthand for the binding ``NAME = VALUE`` (``--gin_bindings``
   also works), e.g. ``--gin.MODEL_DIR="'/tmp/run'"`` or ``--gin.TRAIN_MODE="'standard_finetune'"``.
-* The configurables here build plain values (a ``T5Config``, an ``OptimizerConfig``) that
-  are handed to pure functions.
+* The configurables here build plain values (a ``T5Config``, the frozen ``Experiment`` and
+  its typed configs, ``RunConfig``) that are handed to pure functions; they are registered
+  here, at the edge, so the library classes stay plain.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import gin
 
-from dss_jax import configs, trainer
+from dss_jax import configs, experiment, trainer
 
 GIN_PACKAGE = "dss_jax_gin"
 
@@ -121,3 +122,36 @@ def model_config(name: str = gin.REQUIRED, overrides: Mapping[str, Any] | None =
 
 
 optimizer_config = gin.external_configurable(trainer.OptimizerConfig, name="OptimizerConfig")
+experiment_config = gin.external_configurable(experiment.Experiment, name="Experiment")
+input_config = gin.external_configurable(experiment.InputConfig, name="InputConfig")
+train_config = gin.external_configurable(experiment.TrainConfig, name="TrainConfig")
+eval_config = gin.external_configurable(experiment.EvalConfig, name="EvalConfig")
+checkpoint_config = gin.external_configurable(experiment.CheckpointConfig, name="CheckpointConfig")
+mesh_config = gin.external_configurable(experiment.MeshConfig, name="MeshConfig")
+run_config = gin.external_configurable(experiment.RunConfig, name="RunConfig")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: printed as one message, never a traceback."""
+    from dss_jax import run_dir
+
+    return (experiment.ConfigError, run_dir.ExperimentMismatchError, run_dir.RunDirLockedError, FileNotFoundError)
+
+
+def run_entrypoint(prog: str, doc: str | None, argv: Sequence[str] | None, fn,
+                   exit_codes: Mapping[type[BaseException], int] | None = None) -> int:
+    """Parse flags and gin, call ``fn()``; a user error prints one message and returns 2.
+
+    ``exit_codes`` maps further exception types to exit codes (their message is printed too).
+    """
+    codes = dict(exit_codes or {})
+    try:
+        parse_command_line(prog, doc, argv)
+        fn()
+    except tuple(codes) as err:
+        print(f"{prog}: {err}", file=sys.stderr, flush=True)
+        return codes[type(err)] if type(err) in codes else next(c for t, c in codes.items() if isinstance(err, t))
+    except user_errors() as err:
+        print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0

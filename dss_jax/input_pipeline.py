@@ -34,28 +34,17 @@ PAIRED_FEATURES = ("label_inputs", "label_targets", "rationale_inputs", "rationa
 TRAINING_KINDS = ("paired", "mixture", "single")
 
 
-def _ensure_tasks_registered() -> None:
-    """Import ``dss_tasks`` (registers every DSS task) if it is installed."""
-    try:
-        import dss_tasks  # noqa: F401
-    except ImportError:  # the trainer also works with tasks registered by the caller
-        pass
-
-
 def get_provider(name: str) -> seqio.DatasetProviderBase:
     """The registered seqio Task or Mixture ``name``, with a clear error when unknown.
 
-    ``dss_tasks`` is imported (registering every DSS task) only when ``name`` is not
-    registered yet, so tasks registered by the caller need no DSS import.
+    Tasks are registered by the caller (the entrypoints import the experiment's task
+    module, ``dss_tasks`` by default, before they build anything).
     """
-    if name not in seqio.TaskRegistry.names() | seqio.MixtureRegistry.names():
-        _ensure_tasks_registered()
-    if name in seqio.MixtureRegistry.names():
-        return seqio.get_mixture_or_task(name)
-    if name in seqio.TaskRegistry.names():
+    if name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names():
         return seqio.get_mixture_or_task(name)
     known = sorted(n for n in seqio.TaskRegistry.names() | seqio.MixtureRegistry.names() if n.startswith("dss_"))
-    hint = f"; registered DSS names include {', '.join(known[:12])}" if known else ""
+    hint = f"; registered DSS names include {', '.join(known[:12])}" if known else \
+        "; is the module that registers it imported (Experiment.task_module)?"
     raise KeyError(f"no seqio task or mixture named {name!r}{hint}")
 
 
@@ -70,11 +59,6 @@ def training_kind(provider: seqio.DatasetProviderBase) -> str:
         return "single"
     raise ValueError(f"task {provider.name!r} has features {sorted(features)}: expected inputs/targets or "
                      f"{', '.join(PAIRED_FEATURES)}")
-
-
-def task_id_of(task_name: str) -> int:
-    """1 for rationale tasks (``*_rationale``), 0 for everything else (label-like targets)."""
-    return losses.RATIONALE_TASK_ID if task_name.endswith("_rationale") else losses.LABEL_TASK_ID
 
 
 def _with_task_ids(example: Mapping[str, tf.Tensor], task_id: int) -> dict:
@@ -164,10 +148,12 @@ def paired_lengths(sequence_lengths: Mapping[str, int]) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class InputConfig:
-    """What the train loop reads.
+class StreamConfig:
+    """What the train loop reads (built by ``Experiment.stream()``).
 
     task: seqio Task or Mixture name.
+    rationale_tasks: sub-tasks of a mixture whose targets are rationales (task id 1); every
+      other task's targets are label-like (task id 0).
     sequence_lengths: ``{"inputs": ..., "targets": ...}`` (truncation lengths; the
       reference code uses 1024 / 256).
     batch_size: global examples per step: rows of the batch, except in paired mode without
@@ -179,12 +165,16 @@ class InputConfig:
     """
 
     task: str
-    sequence_lengths: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"inputs": 512, "targets": 256})
+    sequence_lengths: Mapping[str, int]
+    rationale_tasks: tuple[str, ...] = ()
     batch_size: int = 64
     pack: bool = False
     seed: int = 0
     shuffle: bool = True
     split: str = "train"
+
+    def task_id(self, task_name: str) -> int:
+        return losses.RATIONALE_TASK_ID if task_name in self.rationale_tasks else losses.LABEL_TASK_ID
 
     def position(self, batches_consumed: int) -> dict:
         """The data position stored in checkpoints."""
@@ -203,14 +193,14 @@ class InputConfig:
         return int(position["batches_consumed"])
 
 
-def _mixture_stream(mixture: seqio.Mixture, cfg: InputConfig, shard_info) -> tf.data.Dataset:
+def _mixture_stream(mixture: seqio.Mixture, cfg: StreamConfig, shard_info) -> tf.data.Dataset:
     datasets, rates = [], []
     for task in mixture.tasks:
         if cfg.split not in task.splits:
             raise ValueError(f"task {task.name} of mixture {mixture.name} has no {cfg.split!r} split")
         ds = task.get_dataset(dict(cfg.sequence_lengths), split=cfg.split, shuffle=cfg.shuffle, seed=cfg.seed,
                               shard_info=shard_info, num_epochs=None)
-        task_id = task_id_of(task.name)
+        task_id = cfg.task_id(task.name)
         datasets.append(ds.map(lambda ex, t=task_id: _with_task_ids(ex, t), num_parallel_calls=tf.data.AUTOTUNE))
         rates.append(float(mixture.get_rate(task)))
     total = sum(rates)
@@ -220,7 +210,7 @@ def _mixture_stream(mixture: seqio.Mixture, cfg: InputConfig, shard_info) -> tf.
                                                 stop_on_empty_dataset=True)
 
 
-def model_feature_dataset(cfg: InputConfig, shard_info: seqio.ShardInfo | None = None,
+def model_feature_dataset(cfg: StreamConfig, shard_info: seqio.ShardInfo | None = None,
                           num_epochs: int | None = None) -> tuple[tf.data.Dataset, str]:
     """Unbatched model features (with ``task_ids``) of ``cfg.task``, and its training kind."""
     provider = get_provider(cfg.task)
@@ -235,12 +225,12 @@ def model_feature_dataset(cfg: InputConfig, shard_info: seqio.ShardInfo | None =
     else:
         ds = provider.get_dataset(dict(cfg.sequence_lengths), split=cfg.split, shuffle=cfg.shuffle, seed=cfg.seed,
                                   shard_info=shard_info, num_epochs=num_epochs)
-        ds = ds.map(lambda ex, t=task_id_of(provider.name): _with_task_ids(ex, t), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda ex, t=cfg.task_id(provider.name): _with_task_ids(ex, t), num_parallel_calls=tf.data.AUTOTUNE)
     ds = TaskAwareEncDecFeatureConverter(pack=cfg.pack)(ds, with_task_id_lengths(cfg.sequence_lengths))
     return ds, kind
 
 
-def rows_per_batch(cfg: InputConfig, kind: str) -> int:
+def rows_per_batch(cfg: StreamConfig, kind: str) -> int:
     """Rows of one global batch."""
     return 2 * cfg.batch_size if (kind == "paired" and not cfg.pack) else cfg.batch_size
 
@@ -252,7 +242,7 @@ def _cast_batch(batch: Mapping[str, np.ndarray]) -> dict:
     return out
 
 
-def train_batches(cfg: InputConfig, start_batch: int = 0, shard_info: seqio.ShardInfo | None = None,
+def train_batches(cfg: StreamConfig, start_batch: int = 0, shard_info: seqio.ShardInfo | None = None,
                   num_hosts: int = 1) -> tuple[Iterator[dict], str]:
     """Endless iterator of this host's numpy batches, continuing after ``start_batch`` batches.
 
@@ -283,3 +273,26 @@ def count_sequences(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
         starts = mask & np.concatenate([np.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], 1)
         counts[name] = int(starts.sum())
     return counts
+
+
+def count_examples(batch: Mapping[str, np.ndarray], kind: str, num_hosts: int = 1) -> tuple[int, int]:
+    """(examples, target sequences) of a global batch from one host's local batch.
+
+    In paired mode an example is a label and a rationale sequence; otherwise every
+    sequence is an example.
+    """
+    counts = count_sequences(batch)
+    sequences = counts["label"] + counts["rationale"]
+    examples = counts["label"] if kind == "paired" else sequences
+    return examples * num_hosts, sequences * num_hosts
+
+
+def check_vocabulary_fits(vocab_size: int, task_name: str) -> None:
+    """The model's embedding must cover the task's vocabulary (JAX would clamp ids silently)."""
+    provider = get_provider(task_name)
+    for name, feature in provider.output_features.items():
+        size = feature.vocabulary.vocab_size
+        if size > vocab_size:
+            raise ValueError(f"task {task_name} feature {name} uses a vocabulary of {size} ids but the model's "
+                             f"vocab_size is {vocab_size}; set model_config.overrides = "
+                             f"{{'vocab_size': {size}}} (or larger)")

@@ -5,20 +5,77 @@
   "examples_per_sec", "grad_norm", ...}`` per logged step;
 * ``{"kind": "eval", "step", "task", "split", "accuracy", "num_examples", ...}`` per
   evaluated task.
+``StepMeter`` keeps the train loop's bookkeeping: device metrics of the steps since the
+last log line are fetched only when a line is due (or a checkpoint, to check for NaN/Inf
+first), then averaged, with throughput.
 Only the chief process (``jax.process_index() == 0``) writes. On cloud storage
 (``gs://``), where files cannot be appended to, the file is rewritten whole at each record.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from dss_jax import storage
 
 METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss; nothing after the last good checkpoint was saved."""
+
+
+@dataclasses.dataclass
+class _Pending:
+    step: int
+    metrics: Any
+    examples: int
+    sequences: int
+
+
+class StepMeter:
+    """Per-step device metrics, fetched lazily, averaged per log line with throughput.
+
+    ``summarize`` is ``trainer.summarize_metrics`` (device tree -> host floats).
+    """
+
+    def __init__(self, start_step: int, summarize: Callable[[Any], Mapping[str, float]], clock=time.time):
+        self._summarize, self._clock = summarize, clock
+        self._pending: list[_Pending] = []
+        self._window: list[tuple[_Pending, Mapping[str, float]]] = []
+        self._start_time, self._start_step = clock(), start_step
+
+    def add(self, step: int, metrics: Any, examples: int, sequences: int) -> None:
+        self._pending.append(_Pending(step, metrics, examples, sequences))
+
+    def check_finite(self, last_good: str) -> None:
+        """Fetch the queued metrics; raise ``NonFiniteLossError`` at the first NaN/Inf loss."""
+        for item in self._pending:
+            summary = self._summarize(item.metrics)
+            if not math.isfinite(summary["loss"]):
+                raise NonFiniteLossError(
+                    f"training stopped: the loss is {summary['loss']} at step {item.step}; no later state is "
+                    f"saved. Last good checkpoint: {last_good}. Lower the learning rate, enable clipping or "
+                    f"z-loss, or check the data.")
+            self._window.append((item, summary))
+        self._pending = []
+
+    def line(self, step: int, learning_rate: float) -> dict:
+        """The mean of every metric over the window since the last line, plus rates; resets the window."""
+        summaries = [summary for _, summary in self._window]
+        keys = dict.fromkeys(k for summary in summaries for k in summary)
+        out = {k: sum(s[k] for s in summaries if k in s) / sum(1 for s in summaries if k in s) for k in keys}
+        elapsed = max(self._clock() - self._start_time, 1e-9)
+        out["learning_rate"] = float(learning_rate)
+        out["examples_per_sec"] = sum(item.examples for item, _ in self._window) / elapsed
+        out["sequences_per_sec"] = sum(item.sequences for item, _ in self._window) / elapsed
+        out["steps_per_sec"] = (step - self._start_step) / elapsed
+        self._window, self._start_time, self._start_step = [], self._clock(), step
+        return out
 
 
 def _jsonable(value: Any) -> Any:

@@ -26,6 +26,7 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processe
 import numpy as np
 import seqio
 from jax.experimental import multihost_utils
+import dss_tasks  # registers the DSS tasks (the entrypoints import the task module the same way)
 from dss_jax import input_pipeline, partitioning
 
 LENGTHS = {"inputs": 64, "targets": 32}
@@ -41,7 +42,7 @@ report["example_ids"] = [int(ex["example_id"]) for ex in ds.as_numpy_iterator()]
 
 # 2. The same epoch through the trainer's pipeline (model features), by content.
 def encoder_rows(shard_info):
-    cfg = input_pipeline.InputConfig(task="dss_arith_label_gold", sequence_lengths=LENGTHS, shuffle=False)
+    cfg = input_pipeline.StreamConfig(task="dss_arith_label_gold", sequence_lengths=LENGTHS, shuffle=False)
     features, _ = input_pipeline.model_feature_dataset(cfg, shard_info=shard_info, num_epochs=1)
     return [ex["encoder_input_tokens"].tolist() for ex in features.as_numpy_iterator()]
 report["pipeline_rows"] = encoder_rows(shard)
@@ -49,7 +50,7 @@ if process_id == 0:
     report["unsharded_rows"] = encoder_rows(None)
 
 # 3. A global training batch from the two hosts' local batches (mixture stream).
-cfg = input_pipeline.InputConfig(task="dss_arith_mix_gold_lambda1", sequence_lengths=LENGTHS, batch_size=8, seed=3)
+cfg = input_pipeline.StreamConfig(task="dss_arith_mix_gold_lambda1", rationale_tasks=("dss_arith_rationale",), sequence_lengths=LENGTHS, batch_size=8, seed=3)
 batches, _ = input_pipeline.train_batches(cfg, shard_info=shard, num_hosts=jax.process_count())
 local = next(batches)
 mesh = partitioning.make_mesh(data=-1, model=1)

@@ -13,7 +13,7 @@ def _take(iterator, n):
 
 
 def test_paired_example_becomes_a_label_row_then_a_rationale_row():
-    cfg = input_pipeline.InputConfig("trainer_test_paired", {"inputs": 12, "targets": 8}, batch_size=2,
+    cfg = input_pipeline.StreamConfig("trainer_test_paired", {"inputs": 12, "targets": 8}, batch_size=2,
                                      shuffle=False)
     (batch,), = [_take(input_pipeline.train_batches(cfg)[0], 1)]
     first = support.synthetic_example(0)
@@ -29,7 +29,7 @@ def test_paired_example_becomes_a_label_row_then_a_rationale_row():
 
 
 def test_packed_paired_rows_keep_task_ids_per_segment():
-    cfg = input_pipeline.InputConfig("trainer_test_paired", {"inputs": 24, "targets": 16}, batch_size=2,
+    cfg = input_pipeline.StreamConfig("trainer_test_paired", {"inputs": 24, "targets": 16}, batch_size=2,
                                      shuffle=False, pack=True)
     batch = _take(input_pipeline.train_batches(cfg)[0], 1)[0]
     for name in ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions"):
@@ -44,7 +44,7 @@ def test_packed_paired_rows_keep_task_ids_per_segment():
 
 
 def test_count_sequences_counts_packed_segments_per_task():
-    cfg = input_pipeline.InputConfig("trainer_test_paired", {"inputs": 24, "targets": 16}, batch_size=4,
+    cfg = input_pipeline.StreamConfig("trainer_test_paired", {"inputs": 24, "targets": 16}, batch_size=4,
                                      shuffle=False, pack=True)
     batch = _take(input_pipeline.train_batches(cfg)[0], 1)[0]
     counts = input_pipeline.count_sequences(batch)
@@ -52,7 +52,7 @@ def test_count_sequences_counts_packed_segments_per_task():
 
 
 def test_mixture_examples_carry_the_task_id_of_their_subtask():
-    cfg = input_pipeline.InputConfig("trainer_test_mix", {"inputs": 12, "targets": 8}, batch_size=16, seed=3)
+    cfg = input_pipeline.StreamConfig("trainer_test_mix", rationale_tasks=("trainer_test_rationale",), sequence_lengths={"inputs": 12, "targets": 8}, batch_size=16, seed=3)
     batch = _take(input_pipeline.train_batches(cfg)[0], 1)[0]
     kinds = set()
     for row in range(16):
@@ -65,7 +65,7 @@ def test_mixture_examples_carry_the_task_id_of_their_subtask():
 
 
 def test_restart_at_batch_n_continues_the_same_stream():
-    cfg = input_pipeline.InputConfig("trainer_test_mix", {"inputs": 12, "targets": 8}, batch_size=8, seed=7)
+    cfg = input_pipeline.StreamConfig("trainer_test_mix", rationale_tasks=("trainer_test_rationale",), sequence_lengths={"inputs": 12, "targets": 8}, batch_size=8, seed=7)
     full = _take(input_pipeline.train_batches(cfg)[0], 9)
     resumed = _take(input_pipeline.train_batches(cfg, start_batch=5)[0], 4)
     for a, b in zip(full[5:], resumed):
@@ -74,10 +74,10 @@ def test_restart_at_batch_n_continues_the_same_stream():
 
 
 def test_position_from_other_settings_is_refused():
-    cfg = input_pipeline.InputConfig("trainer_test_mix", {"inputs": 12, "targets": 8}, batch_size=8, seed=7)
+    cfg = input_pipeline.StreamConfig("trainer_test_mix", rationale_tasks=("trainer_test_rationale",), sequence_lengths={"inputs": 12, "targets": 8}, batch_size=8, seed=7)
     position = cfg.position(12)
     assert cfg.check_position(position) == 12
-    other = input_pipeline.InputConfig("trainer_test_mix", {"inputs": 12, "targets": 8}, batch_size=16, seed=7)
+    other = input_pipeline.StreamConfig("trainer_test_mix", rationale_tasks=("trainer_test_rationale",), sequence_lengths={"inputs": 12, "targets": 8}, batch_size=16, seed=7)
     with pytest.raises(ValueError, match="batch_size"):
         other.check_position(position)
 

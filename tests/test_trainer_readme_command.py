@@ -21,8 +21,9 @@ def test_short_arith_run_trains_evaluates_and_writes_metrics(tmp_path):
     model_dir = tmp_path / "arith"
     train = subprocess.run(
         [sys.executable, "-m", "dss_jax.train", "--gin_file=dss_arith_tiny.gin", f"--gin.MODEL_DIR='{model_dir}'",
-         "--gin.TRAIN_STEPS=12", "--gin.EVAL_EVERY=6", "--gin.BATCH_SIZE=8", "--gin.train.log_every=3",
-         "--gin.train.eval_max_examples=24", "--gin.train.checkpoint_every=6", "--gin.train.progress_bar=False"],
+         "--gin.TrainConfig.steps=12", "--gin.EvalConfig.every=6", "--gin.InputConfig.batch_size=8",
+         "--gin.TrainConfig.log_every=3", "--gin.EvalConfig.max_examples=24", "--gin.CheckpointConfig.every=6",
+         "--gin.TrainConfig.progress_bar=False"],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
     assert train.returncode == 0, train.stderr[-4000:]
     assert "accuracy after 12 steps" in train.stdout and "dss_arith_label_gold" in train.stdout
@@ -38,8 +39,7 @@ def test_short_arith_run_trains_evaluates_and_writes_metrics(tmp_path):
 
     evaluate = subprocess.run(
         [sys.executable, "-m", "dss_jax.eval", "--gin_file=runs/eval.gin", f"--gin.MODEL_DIR='{model_dir}'",
-         "--gin.BENCHMARK='arith'", "--gin.SEQUENCE_LENGTHS={'inputs': 40, 'targets': 32}",
-         "--gin.evaluate_checkpoint.max_examples=24", "--gin.evaluate_checkpoint.max_decode_len=16"],
+         "--gin.evaluate_checkpoint.max_examples=24"],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert evaluate.returncode == 0, evaluate.stderr[-4000:]
     result = json.loads(evaluate.stdout.strip().splitlines()[-1])

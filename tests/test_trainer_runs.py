@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 import trainer_support as support
-from dss_jax import checkpoints, metrics_logging
-from dss_jax import train as train_lib
+from dss_jax import checkpoints, metrics_logging, run_dir
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
@@ -57,7 +56,7 @@ def _train_cmd(gin_file, model_dir):
 def _final_params(model_dir, step):
     from dss_jax.model import abstract_params
 
-    config = train_lib.read_model_config(model_dir)
+    config = run_dir.RunDir(model_dir).read_experiment().model
     return checkpoints.restore_params(pathlib.Path(model_dir) / "checkpoints" / str(step), abstract_params(config))
 
 
@@ -85,18 +84,19 @@ def _train_in_process(gin_text, model_dir):
     import gin
 
     from dss_jax import gin_utils
+    from dss_jax.cli import train as train_cli
 
     gin.clear_config()
     try:
         gin_utils.parse_gin([], [])
-        gin.parse_config(gin_text + "MODEL_DIR = 'set_by_model_dir_override'\n")
-        return train_lib.train(model_dir_override=str(model_dir))
+        gin.parse_config(gin_text + f"MODEL_DIR = '{model_dir}'\n")
+        return train_cli.train()
     finally:
         gin.clear_config()
 
 
-RESUME_SETTINGS = dict(TRAIN_STEPS=24, **{"train.checkpoint_every": 4, "train.keep_checkpoints": 2,
-                                          "train.log_every": 4})
+RESUME_SETTINGS = {"TrainConfig.steps": 24, "CheckpointConfig.every": 4, "CheckpointConfig.keep": 2,
+                   "TrainConfig.log_every": 4}
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +136,8 @@ def test_sigkill_then_rerun_resumes_and_ends_with_the_uninterrupted_params(tmp_p
 
 
 def test_sigterm_saves_a_checkpoint_with_the_data_position_and_exits_cleanly(tmp_path):
-    gin_file = _write_gin(tmp_path, "term", TRAIN_STEPS=100000, **{"train.checkpoint_every": 1000,
-                                                                    "train.log_every": 10})
+    gin_file = _write_gin(tmp_path, "term", **{"TrainConfig.steps": 100000, "CheckpointConfig.every": 1000,
+                                                "TrainConfig.log_every": 10})
     model_dir = tmp_path / "term"
     proc = subprocess.Popen(_train_cmd(gin_file, model_dir), env=_env(), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -162,10 +162,10 @@ def test_sigterm_saves_a_checkpoint_with_the_data_position_and_exits_cleanly(tmp
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, gin_config):
     # An absurd learning rate makes the params ~1e30 after step 1, so the loss of step 2 overflows.
-    gin_text = support.tiny_run_gin(TRAIN_STEPS=10, LEARNING_RATE=1e30, **{"train.checkpoint_every": 1,
-                                                                          "train.log_every": 5,
-                                                                          "OptimizerConfig.clip": None})
-    with pytest.raises(train_lib.NonFiniteLossError, match=r"loss is (nan|inf).*Last good checkpoint: step 1"):
+    gin_text = support.tiny_run_gin(**{"TrainConfig.steps": 10, "OptimizerConfig.learning_rate": 1e30,
+                                       "CheckpointConfig.every": 1, "TrainConfig.log_every": 5,
+                                       "OptimizerConfig.clip": None})
+    with pytest.raises(metrics_logging.NonFiniteLossError, match=r"loss is (nan|inf).*Last good checkpoint: step 1"):
         _train_in_process(gin_text, tmp_path / "nan")
     steps = checkpoints.CheckpointManager(tmp_path / "nan" / "checkpoints").all_steps()
     assert steps == [1]
@@ -182,20 +182,16 @@ def test_eval_and_infer_entrypoints_read_a_trained_run(tmp_path, reference_run, 
 
     import gin
 
-    from dss_jax import eval as eval_lib
-    from dss_jax import infer as infer_lib
+    from dss_jax.cli import evaluate as eval_cli
+    from dss_jax.cli import infer as infer_cli
 
     gin.clear_config()
-    result = eval_lib.evaluate_checkpoint(model_dir=str(model_dir), benchmark="synthetic", task="trainer_test_label",
-                                          split="validation", sequence_lengths={"inputs": 16, "targets": 8},
-                                          batch_size=8, max_decode_len=4)
-    assert result["step"] == 24 and result["num_examples"] == support.NUM_EXAMPLES and "accuracy" in result
+    (result,) = eval_cli.evaluate_checkpoint(model_dir=str(model_dir), split="validation")
+    assert result["task"] == "trainer_test_label" and result["step"] == 24 and result["num_examples"] == support.NUM_EXAMPLES and "accuracy" in result
 
     out = tmp_path / "predictions.jsonl"
-    n = infer_lib.infer(model_dir=str(model_dir), benchmark="synthetic", output=str(out), split="validation",
-                        label_task="trainer_test_label", rationale_task="trainer_test_rationale", rationales=True,
-                        max_examples=5, sequence_lengths={"inputs": 16, "targets": 8}, batch_size=8,
-                        max_decode_len=4, rationale_max_decode_len=8)
+    n = infer_cli.infer(model_dir=str(model_dir), output=str(out), split="validation", rationales=True,
+                        max_examples=5, rationale_max_decode_len=8)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert n == 5 and len(lines) == 5
     assert {"index", "target", "prediction", "rationale"} <= set(lines[0])

@@ -90,14 +90,16 @@ def random_batch(rng: np.random.Generator, rows: int, enc_len: int, dec_len: int
 def tiny_run_gin(task: str = "trainer_test_paired", eval_task: str = "trainer_test_label", **bindings) -> str:
     """A gin config training the tiny T5 on a synthetic task (bindings override the defaults)."""
     values = {
-        "TRAIN_STEPS": 6, "BATCH_SIZE": 4, "LEARNING_RATE": 1e-3, "EVAL_EVERY": 0,
-        "SEQUENCE_LENGTHS": "{'inputs': 16, 'targets': 8}", "MAX_DECODE_LEN": 4,
-        "train.checkpoint_every": 2, "train.log_every": 1, "train.eval_batch_size": 8,
-        "train.progress_bar": False, "train.tensorboard": False, "OptimizerConfig.schedule": "'constant'",
+        "TrainConfig.steps": 6, "InputConfig.batch_size": 4, "OptimizerConfig.learning_rate": 1e-3,
+        "EvalConfig.every": 0, "InputConfig.sequence_lengths": "{'inputs': 16, 'targets': 8}",
+        "EvalConfig.max_decode_len": 4, "CheckpointConfig.every": 2, "TrainConfig.log_every": 1,
+        "EvalConfig.batch_size": 8, "TrainConfig.progress_bar": False, "TrainConfig.tensorboard": False,
+        "OptimizerConfig.schedule": "'constant'",
     }
     values.update(bindings)
     lines = ["import trainer_support", "include 'runs/finetune.gin'", "include 'models/t5_1_1_tiny.gin'",
-             "BENCHMARK = 'synthetic'", f"TASK = '{task}'", f"train.eval_tasks = ['{eval_task}']",
+             f"Experiment.task = '{task}'", f"Experiment.eval_tasks = ['{eval_task}']",
+             "Experiment.rationale_tasks = ['trainer_test_rationale']", "Experiment.task_module = 'trainer_support'",
              "model_config.overrides = {'dropout_rate': 0.0}"]
     lines += [f"{k} = {v}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
