@@ -272,7 +272,7 @@ class Experiment:
             inputs = InputConfig(**record.pop("input", {}))
             return cls(model=model, optimizer=optimizer, input=inputs, **record)
         except TypeError as err:
-            raise ConfigError(f"experiment record has unknown or missing settings: {err}") from None
+            raise ConfigError(f"not a valid experiment record: unknown or missing settings ({err})") from None
 
 
 @dataclasses.dataclass(frozen=True)

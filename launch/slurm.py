@@ -19,7 +19,7 @@ settings are explicit rather than left to auto-detection:
   (per_gpu).  Setting it matters: jax's SLURM auto-detection would otherwise give every
   process only GPU ``$SLURM_LOCALID``, i.e. GPU 0 with one process per node.
 
-The trainer gets ``--gin.train.multihost=True`` and calls ``jax.distributed.initialize()``
+The trainer gets ``--gin.MeshConfig.multihost=True`` and calls ``jax.distributed.initialize()``
 without arguments: JAX reads ``JAX_COORDINATOR_ADDRESS`` and ``JAX_LOCAL_DEVICE_IDS``
 itself and takes the process count and id from ``SLURM_NTASKS`` / ``SLURM_PROCID``.
 """

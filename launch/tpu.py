@@ -14,7 +14,7 @@ Usage (``--dry_run`` prints every command and runs none)::
 (no local shell); the one string that a remote shell does read, ``--command=...``, is
 assembled from ``shlex.quote``d pieces.  On a TPU VM slice ``jax.distributed.initialize()``
 needs no arguments (the TPU metadata server supplies coordinator and process ids); the
-trainer calls it when given ``--gin.train.multihost=True``, which the launcher adds.
+trainer calls it when given ``--gin.MeshConfig.multihost=True``, which the launcher adds.
 """
 from __future__ import annotations
 

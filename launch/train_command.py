@@ -11,13 +11,13 @@ def gin_string_literal(text: str) -> str:
     return json.dumps(text)
 
 
-MULTIHOST_BINDING = "--gin.train.multihost=True"
+MULTIHOST_BINDING = "--gin.MeshConfig.multihost=True"
 
 
 def train_argv(config: LaunchConfig) -> list[str]:
-    """``python -m dss_jax.train --gin_file=... --gin.MODEL_DIR="..." [--gin.X=Y ...] --gin.train.multihost=True``.
+    """``python -m dss_jax.train --gin_file=... --gin.MODEL_DIR="..." [--gin.X=Y ...] --gin.MeshConfig.multihost=True``.
 
-    ``train.multihost=True`` makes the trainer call ``jax.distributed.initialize()``
+    ``MeshConfig.multihost=True`` makes the trainer call ``jax.distributed.initialize()``
     (no arguments: on TPU VMs the metadata server, under SLURM the environment the
     generated script exports, supply coordinator, process count and id).
     """

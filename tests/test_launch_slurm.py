@@ -21,7 +21,7 @@ def two_node_config(**slurm_overrides):
         "name": "dss-cqa-large",
         "gin_file": "dss_cqa_large.gin",
         "model_dir": "/scratch/runs/cqa large",
-        "gin_bindings": ["TRAIN_STEPS=10000"],
+        "gin_bindings": ["TrainConfig.steps=10000"],
         "env": {"DSS_DATA_DIR": "/data/dss datasets"},
         "slurm": {
             "nodes": 2, "gpus_per_node": 8, "partition": "gpu", "time": "24:00:00", "cpus_per_task": 64,
@@ -32,7 +32,7 @@ def two_node_config(**slurm_overrides):
 
 
 EXPECTED_TRAIN = ('python3 -m dss_jax.train --gin_file=dss_cqa_large.gin '
-                  "'--gin.MODEL_DIR=\"/scratch/runs/cqa large\"' --gin.TRAIN_STEPS=10000 --gin.train.multihost=True")
+                  "'--gin.MODEL_DIR=\"/scratch/runs/cqa large\"' --gin.TrainConfig.steps=10000 --gin.MeshConfig.multihost=True")
 
 
 def test_two_node_gpu_job_script_is_exactly_this():
@@ -107,8 +107,8 @@ def test_generated_script_starts_each_task_with_its_own_multihost_environment(tm
     assert len(started) == tasks
     for process_id, (argv, task_env) in enumerate(started):
         assert argv == ["-m", "dss_jax.train", "--gin_file=dss_cqa_large.gin",
-                        '--gin.MODEL_DIR="/scratch/runs/cqa large"', "--gin.TRAIN_STEPS=10000",
-                        "--gin.train.multihost=True"]
+                        '--gin.MODEL_DIR="/scratch/runs/cqa large"', "--gin.TrainConfig.steps=10000",
+                        "--gin.MeshConfig.multihost=True"]
         assert task_env["JAX_COORDINATOR_ADDRESS"] == "gpu-node-017:29500"
         assert task_env["JAX_NUM_PROCESSES"] == str(tasks)
         assert task_env["JAX_PROCESS_ID"] == str(process_id)

@@ -21,8 +21,8 @@ SCOPE = ["--zone=us-central2-b", "--project=dss-project"]
 WHEEL = "dist/dss_jax-0.1.0-py3-none-any.whl"
 EXPECTED_TRAIN_ARGV = [
     "python3", "-m", "dss_jax.train", "--gin_file=dss_cqa_xxl.gin",
-    '--gin.MODEL_DIR="gs://dss-bucket/runs/cqa xxl"', "--gin.TRAIN_STEPS=10000",
-    "--gin.BATCH_SIZE=64", "--gin.train.multihost=True",
+    '--gin.MODEL_DIR="gs://dss-bucket/runs/cqa xxl"', "--gin.TrainConfig.steps=10000",
+    "--gin.InputConfig.batch_size=64", "--gin.MeshConfig.multihost=True",
 ]
 
 
@@ -31,7 +31,7 @@ def v4_64_config(**tpu_overrides):
         "name": "dss-cqa-xxl",
         "gin_file": "dss_cqa_xxl.gin",
         "model_dir": "gs://dss-bucket/runs/cqa xxl",
-        "gin_bindings": ["TRAIN_STEPS=10000", "BATCH_SIZE=64"],
+        "gin_bindings": ["TrainConfig.steps=10000", "InputConfig.batch_size=64"],
         "env": {"DSS_VOCAB": "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"},
         "tpu": {
             "project": "dss-project",
@@ -67,8 +67,8 @@ def test_up_on_a_v4_64_pod_runs_exactly_these_commands():
         "mkdir -p dss_logs && nohup env "
         "DSS_VOCAB=gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model "
         "python3 -m dss_jax.train --gin_file=dss_cqa_xxl.gin "
-        "'--gin.MODEL_DIR=\"gs://dss-bucket/runs/cqa xxl\"' --gin.TRAIN_STEPS=10000 --gin.BATCH_SIZE=64 "
-        "--gin.train.multihost=True > dss_logs/dss-cqa-xxl.log 2>&1 < /dev/null & echo $! > dss_logs/dss-cqa-xxl.pid"
+        "'--gin.MODEL_DIR=\"gs://dss-bucket/runs/cqa xxl\"' --gin.TrainConfig.steps=10000 --gin.InputConfig.batch_size=64 "
+        "--gin.MeshConfig.multihost=True > dss_logs/dss-cqa-xxl.log 2>&1 < /dev/null & echo $! > dss_logs/dss-cqa-xxl.pid"
     )
     assert len(runner.commands) == 5
 
@@ -185,7 +185,7 @@ def test_logs_stop_and_delete_commands():
     [
         ({"tpu_typo": 1}, r"unknown key\(s\) \['tpu_typo'\]"),
         ({"name": "Bad_Name"}, "must be lower-case"),
-        ({"gin_bindings": ["TRAIN_STEPS"]}, "not of the form NAME=VALUE"),
+        ({"gin_bindings": ["TrainConfig.steps"]}, "not of the form NAME=VALUE"),
         ({"env": {"DSS VOCAB": "x"}}, "not a valid environment variable name"),
         ({"tpu": {"project": "p", "zone": "z", "accelerator_type": "v4-8"}}, r"missing required key\(s\) \['runtime_version'\]"),
         ({"tpu": {"project": "p", "zone": "z", "accelerator_type": "v4-8", "runtime_version": "r", "spot": "yes"}},
@@ -256,18 +256,18 @@ PARSE_TRAIN_ARGS = """
 import json, sys, argparse
 import gin
 from dss_jax import gin_utils
-from dss_jax import train  # registers the `train` configurable
+from dss_jax.cli import train  # registers the `train` configurable
 gin_utils.parse_args_and_gin(argparse.ArgumentParser(), sys.argv[1:])
-print(json.dumps({"multihost": gin.query_parameter("train.multihost"),
+print(json.dumps({"multihost": gin.query_parameter("MeshConfig.multihost"),
                   "model_dir": gin.query_parameter("%MODEL_DIR"),
-                  "train_steps": gin.query_parameter("%TRAIN_STEPS")}))
+                  "train_steps": gin.query_parameter("TrainConfig.steps")}))
 """
 
 
 def test_the_trainer_accepts_the_launched_command_line(tmp_path):
     """The argv the launcher starts on every worker parses with dss_jax.train's own flags and gin."""
     config = parse_config({"name": "dss-arith", "gin_file": "dss_arith_tiny.gin", "model_dir": "/tmp/run dir",
-                           "gin_bindings": ["TRAIN_STEPS=7"]})
+                           "gin_bindings": ["TrainConfig.steps=7"]})
     argv = tpu.train_argv(config)
     assert argv[:3] == ["python3", "-m", "dss_jax.train"]
     result = subprocess.run([sys.executable, "-c", PARSE_TRAIN_ARGS, *argv[3:]], cwd=tmp_path,

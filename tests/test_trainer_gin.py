@@ -5,7 +5,7 @@ import gin
 import pytest
 
 from dss_jax import gin_utils, trainer
-from dss_jax import train as train_lib
+from dss_jax.cli import train as train_cli  # noqa: F401  registers the `train` configurable
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 EXPERIMENTS = sorted(p.name for p in GIN_DIR.glob("dss_*.gin"))
@@ -48,52 +48,60 @@ def test_experiment_files_cover_every_benchmark_and_size():
     assert "dss_arith_tiny.gin" in EXPERIMENTS
 
 
+def _experiment_and_run(gin_files, bindings=()):
+    """The (Experiment, RunConfig) gin builds for the trainer from these files."""
+    gin_utils.parse_gin(gin_files, ["MODEL_DIR = '/tmp/unused'", *bindings])
+    return gin_utils.experiment_config(), gin_utils.run_config()
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_file_parses_and_builds_its_model_and_optimizer(name):
-    gin_utils.parse_gin([name], ["MODEL_DIR = '/tmp/unused'"])
-    config = gin_utils.model_config()
-    assert config.vocab_size > 0
-    optimizer = gin_utils.optimizer_config()
-    assert optimizer.name in trainer.OPTIMIZERS
-    assert _bound("BENCHMARK") in ("cqa", "esnli", "anli1", "svamp", "arith")
+def test_every_experiment_file_builds_a_valid_experiment_and_run(name):
+    experiment, run = _experiment_and_run([name])
+    assert experiment.model.vocab_size > 0
+    assert experiment.optimizer.name in trainer.OPTIMIZERS
+    assert experiment.benchmark in ("cqa", "esnli", "anli1", "svamp", "arith")
+    assert run.train.steps >= 1
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n != "dss_arith_tiny.gin"])
+def test_paper_experiment_files_start_from_the_public_t5_1_1_checkpoints(name):
+    experiment, _ = _experiment_and_run([name])
+    size = name.split("_")[2].removesuffix(".gin")
+    assert experiment.initial_checkpoint == f"google/t5-v1_1-{size}"
+
+
+def test_the_embedded_smoke_run_starts_from_an_explicit_random_initialisation():
+    experiment, _ = _experiment_and_run(["dss_arith_tiny.gin"])
+    assert experiment.initial_checkpoint == "random" and experiment.random_init
 
 
 def test_paper_settings_in_the_cqa_base_experiment():
-    gin_utils.parse_gin(["dss_cqa_base.gin"], ["MODEL_DIR = '/tmp/unused'"])
-    assert _bound("OptimizerConfig.name") == "adamw"
-    assert _bound("OptimizerConfig.learning_rate") == 5e-5
-    assert _bound("train.batch_size") == 64
-    assert _bound("train.train_steps") == 10000
-    assert _bound("train.eval_every") == 250
-    assert _bound("train.lam") == 1.0
-    assert _bound("train.loss_mode") == "paired"
+    experiment, run = _experiment_and_run(["dss_cqa_base.gin"])
+    assert (experiment.optimizer.name, experiment.optimizer.learning_rate, experiment.optimizer.schedule) == \
+        ("adamw", 5e-5, "linear")
+    assert experiment.input.batch_size == 64
+    assert experiment.input.sequence_lengths == {"inputs": 1024, "targets": 256}
+    assert (run.train.steps, run.eval.every) == (10000, 250)
+    assert (experiment.lam, experiment.loss_mode, experiment.alpha) == (1.0, "paired", 0.5)
     assert _bound("model_config.name") == "t5_1_1_base"
 
 
 def test_adafactor_variant_uses_t5x_defaults():
-    gin_utils.parse_gin(["dss_cqa_base_adafactor.gin"], ["MODEL_DIR = '/tmp/unused'"])
-    optimizer = gin_utils.optimizer_config()
+    experiment, _ = _experiment_and_run(["dss_cqa_base_adafactor.gin"])
+    optimizer = experiment.optimizer
     assert (optimizer.name, optimizer.schedule, optimizer.adafactor_decay_rate) == ("adafactor", "rsqrt", 0.8)
     assert optimizer.adafactor_momentum is None and optimizer.adafactor_factored
-    assert _bound("train.z_loss") == 1e-4
+    assert experiment.z_loss == 1e-4
 
 
 def test_one_binding_selects_a_baseline():
-    gin_utils.parse_gin(["dss_cqa_base.gin"], ["MODEL_DIR = '/tmp/unused'", "TRAIN_MODE = 'standard_finetune'"])
-    assert _bound("train.train_mode") == "standard_finetune"
-    assert train_lib.resolve_task("cqa", "standard_finetune") == ("dss_cqa_standard_finetune", "token_mean", 1.0)
+    experiment, _ = _experiment_and_run(["dss_cqa_base.gin"], ["Experiment.method = 'standard_finetune'"])
+    assert experiment.method == "standard_finetune"
 
 
-def test_training_modes_resolve_to_the_design_task_names():
-    assert train_lib.resolve_task("cqa", "step_by_step", "gold", lam=1.0) == ("dss_cqa_paired_gold", "paired", 0.5)
-    assert train_lib.resolve_task("svamp", "standard_distill")[0] == "dss_svamp_standard_distill"
-    assert train_lib.resolve_task("anli1", "rationale_then_label", "teacher")[0] == \
-        "dss_anli1_rationale_then_label_teacher"
-    assert train_lib.resolve_task("esnli", "step_by_step", "gold", fraction=0.125)[0] == "dss_esnli_paired_gold_frac12p5"
-    name, mode, alpha = train_lib.resolve_task("cqa", "step_by_step", "teacher", lam=2.0, loss_mode="mixture")
-    assert (name, mode, alpha) == ("dss_cqa_mix_teacher_lambda2", "per_sequence", pytest.approx(1 / 3))
-    with pytest.raises(ValueError, match="TRAIN_MODE"):
-        train_lib.resolve_task("cqa", "distill_everything")
+def test_a_misnamed_setting_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="lamda"):
+        _experiment_and_run(["dss_cqa_base.gin"], ["Experiment.lamda = 2.0"])
 
 
 def test_schedules_warm_up_and_decay():
@@ -117,7 +125,7 @@ def test_gin_files_are_found_in_the_installed_dss_jax_gin_package(tmp_path, monk
 
     package = tmp_path / "site" / "dss_jax_gin"  # what the wheel installs: .gin files, no __init__.py
     package.mkdir(parents=True)
-    (package / "only_in_package.gin").write_text("LAMBDA = 2.0\n")
+    (package / "only_in_package.gin").write_text("Experiment.lam = 2.0\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.delitem(sys.modules, "dss_jax_gin", raising=False)
     importlib.invalidate_caches()
