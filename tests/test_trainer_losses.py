@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import lambda_reference
 from dss_jax import T5, get_config, losses, trainer
 
 
@@ -125,7 +126,7 @@ def _two_pass_reference(model, params, li, lt, ri, rt, alpha):
             params, enc, _shift(tgt))
         return logits, tgt, (tgt > 0).astype(np.float32)
 
-    return losses.reference_paired_loss(*forward(li, lt), *forward(ri, rt), alpha=alpha)
+    return lambda_reference.two_pass_paired_loss(*forward(li, lt), *forward(ri, rt), alpha=alpha)
 
 
 def _one_pass(model, params, batch, alpha):

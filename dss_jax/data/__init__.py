@@ -1,9 +1,8 @@
 """Data for distilling step-by-step: readers of the `datasets.zip` layout, teacher-output
-parsers, metrics, vocabularies, loss weights for λ, and the embedded offline benchmark.
+parsers, metrics, vocabularies and the embedded offline benchmark.
 
 `python -m dss_jax.data {stats,fetch,train_vocab,write_embedded}` is the command line.
 """
-from dss_jax.data.lambda_weights import paired_loss_weights, per_sequence_loss_weights
 from dss_jax.data.parsing import ParsedTeacher, parse_teacher_output
 from dss_jax.data.readers import (
     BENCHMARKS,
@@ -23,8 +22,6 @@ __all__ = [
     "SplitData",
     "TeacherOutputCountError",
     "load_split",
-    "paired_loss_weights",
-    "per_sequence_loss_weights",
     "parse_teacher_output",
     "resolve_data_dir",
 ]

@@ -1,4 +1,5 @@
-"""Loss weights that make the multi-task objective `L_label + λ·L_rationale` come out right.
+"""Test oracle (no tests here): the loss weights of `L_label + λ·L_rationale`, written out as the
+reference code states them, separately from the trainer's `dss_jax.losses.token_weights`.
 
 Works on numpy and jax arrays alike (only array methods and operators are used).
 
@@ -16,7 +17,10 @@ Paired mode (the reference code's exact objective, `dss_{b}_paired_{l}` tasks):
 
 See docs/lambda.md for the derivation and the numerical check. The trainer computes the
 same weights inside its jitted step with `dss_jax.losses.token_weights` (one forward pass
-over mixed rows); `tests/test_data_lambda.py` checks the two agree.
+over mixed rows); `tests/test_data_lambda.py` proves the λ properties here and checks that
+the trainer's weights agree with these.
+
+`two_pass_paired_loss` is the reference objective from two separate forward passes.
 """
 from __future__ import annotations
 
@@ -77,3 +81,20 @@ def paired_loss_weights(label_mask, rationale_mask, lam: float):
 def effective_lambda_with_token_sum(lam: float, mean_label_tokens: float, mean_rationale_tokens: float) -> float:
     """The λ a 1 : λ mixture actually optimises under one token-sum normalisation."""
     return lam * mean_rationale_tokens / mean_label_tokens
+
+
+def token_mean_loss(logits, targets, loss_weights):
+    """Token-mean cross-entropy of one task batch (the reference code's per-task loss)."""
+    import jax.numpy as jnp
+    import optax
+
+    ce = optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits, jnp.float32), targets)
+    w = jnp.asarray(loss_weights, jnp.float32)
+    return jnp.sum(ce * w) / jnp.sum(w)
+
+
+def two_pass_paired_loss(label_logits, label_targets, label_weights, rationale_logits, rationale_targets,
+                         rationale_weights, alpha: float = 0.5):
+    """``alpha * L_label + (1 - alpha) * L_rationale`` from two separate forward passes."""
+    return alpha * token_mean_loss(label_logits, label_targets, label_weights) + (1.0 - alpha) * token_mean_loss(
+        rationale_logits, rationale_targets, rationale_weights)
