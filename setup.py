@@ -31,10 +31,10 @@ setup(
         "safetensors>=0.4,<1",
         "numpy>=1.26,<3",
         "tqdm>=4.66",
-        "requests>=2.31,<3",
         "PyYAML>=6",
         "tensorboard>=2.21,<2.22",
         "clu>=0.0.12",
+        "huggingface_hub>=0.30,<3",
     ],
     extras_require={
         "test": [

@@ -42,3 +42,10 @@ def bench_spm_model(shared_dir) -> pathlib.Path:
     if not p.is_file():
         pytest.skip(f"{p} not found")
     return p
+
+
+def pytest_configure(config):
+    """The reliability suite's count ("N cases tried, M handled cleanly") is printed at the end."""
+    import reliability_report
+
+    reliability_report.register(config)

@@ -18,8 +18,12 @@ from dss_jax.data import arithmetic, metrics
     ("(2 + 3) * 4", 20.0),
     ("8 / 4 / 2", 1.0),
     ("10 - 4 - 3", 3.0),
-    (".5 + 1.", 1.5),
+    (".5 + 1.0", 1.5),
     ("  7  ", 7.0),
+    ("\t( 1 +\r\n2 )\n", 3.0),
+    ("2 * -3", -6.0),
+    ("- - 4", 4.0),
+    ("(" * 200 + "1" + ")" * 200, 1.0),
 ])
 def test_valid_equations_evaluate_with_usual_precedence(text, value):
     assert arithmetic.evaluate_equation(text) == pytest.approx(value)
@@ -32,6 +36,20 @@ def test_valid_equations_evaluate_with_usual_precedence(text, value):
     "1 × 2", "forty two",
 ])
 def test_anything_else_is_not_an_equation(text):
+    assert arithmetic.evaluate_equation(text) is None
+
+
+# Strings Python's float() or int() would take, or that only look like equations.
+LOOKS_LIKE_A_NUMBER = [
+    "1_000", "1_0 + 2", "inf", "-inf", "Infinity", "nan", "NaN", "1e5", "1E5", "2.5e-3", "1e", "0b11", "0o7",
+    "1j", "+5", "2 * +3", "+(1 + 2)", "1.", "(3. / 2)", "1..5", "1.2.3", ".", "-", "( )",
+    "１２", "(１ + ２)", "٣", "٣ + 1", "१२", "𝟏", "²", "½", "1\u00a0+ 2", "1 +\u20032", "\u30001", "\x0c1",
+    "1\x0b", "1\x1c", "1\u2028", "\ufeff1", "1\x00", "1 \u2212 2", "1 ÷ 2", "(" * 201 + "1" + ")" * 201,
+]
+
+
+@pytest.mark.parametrize("text", LOOKS_LIKE_A_NUMBER)
+def test_text_that_only_looks_like_a_number_to_python_is_not_an_equation(text):
     assert arithmetic.evaluate_equation(text) is None
 
 
@@ -152,3 +170,64 @@ def _evaluate_tree(equation):
 def test_fuzz_parser_never_raises_on_any_text(text):
     value = arithmetic.evaluate_equation(text)
     assert value is None or isinstance(value, float)
+
+
+def _call_at_stack_depth(depth_left, function, *args):
+    """Call `function(*args)` with only about `depth_left` Python frames left before the recursion limit."""
+    import sys
+
+    def descend(remaining):
+        if remaining <= depth_left:
+            return function(*args)
+        return descend(remaining - 1)
+
+    frame, used = sys._getframe(), 0
+    while frame is not None:
+        frame, used = frame.f_back, used + 1
+    return descend(sys.getrecursionlimit() - used - 2)
+
+
+@pytest.mark.parametrize("depth_left", [8, 12, 20, 50])
+def test_the_parser_works_however_deep_the_callers_stack_already_is(depth_left):
+    nested = "(" * 199 + "- 1" + ")" * 199
+    assert _call_at_stack_depth(depth_left, arithmetic.evaluate_equation, nested) == -1.0
+    assert _call_at_stack_depth(depth_left, arithmetic.evaluate_equation, "(" * 5000 + "1" + ")" * 5000) is None
+    assert _call_at_stack_depth(depth_left, arithmetic.evaluate_equation, "-" * 5000 + "1") == 1.0
+
+
+EQUATION_ALPHABET = set("0123456789.+-*/() \t\n\r")
+foreign_characters = st.characters(codec="utf-8").filter(lambda c: c not in EQUATION_ALPHABET)
+hostile_fragments = st.sampled_from(["_", "e5", "E", "inf", "nan", "j", "x", "**", "//", "%", ",", "\u00a0",
+                                     "\u2003", "\x0c", "\x0b", "１", "٣", "²", "\u2212"]) | foreign_characters
+
+
+@settings(max_examples=300, deadline=None)
+@given(equations(), hostile_fragments, st.integers(min_value=0))
+def test_fuzz_an_equation_with_a_foreign_character_anywhere_is_not_an_equation(equation, fragment, position):
+    position %= len(equation) + 1
+    assert arithmetic.evaluate_equation(equation[:position] + fragment + equation[position:]) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=60).filter(lambda text: not set(text) <= EQUATION_ALPHABET))
+def test_fuzz_any_text_outside_the_ascii_grammar_alphabet_is_not_an_equation(text):
+    assert arithmetic.evaluate_equation(text) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(equations(), st.sampled_from(["+{}", "1 * +{}", "({}) - +{}", "{}."]))
+def test_fuzz_unary_plus_and_a_bare_trailing_point_are_not_in_the_grammar(equation, form):
+    text = form.format(equation, equation) if form != "{}." else (equation if equation[-1].isdigit() else "1") + "."
+    assert arithmetic.evaluate_equation(text) is None
+
+
+grammar_soup = st.text(alphabet=sorted(EQUATION_ALPHABET), max_size=400) | st.builds(
+    lambda n, inner, m: "(" * n + inner + ")" * m,
+    st.integers(0, 3000), st.text(alphabet=sorted(EQUATION_ALPHABET), max_size=20), st.integers(0, 3000))
+
+
+@settings(max_examples=150, deadline=None)
+@given(grammar_soup, st.integers(min_value=6, max_value=40))
+def test_fuzz_the_parser_never_raises_near_the_recursion_limit(text, depth_left):
+    value = _call_at_stack_depth(depth_left, arithmetic.evaluate_equation, text)
+    assert value is None or (isinstance(value, float) and value == value and abs(value) != float("inf"))

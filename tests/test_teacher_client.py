@@ -1,9 +1,14 @@
 """The teacher client against a misbehaving local OpenAI-compatible server (127.0.0.1 only)."""
+import base64
 import datetime
+import json
 import logging
 import random
+import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dss_jax.teacher.client import (
     GenerationConfig,
@@ -11,12 +16,29 @@ from dss_jax.teacher.client import (
     Secret,
     TeacherClient,
     TeacherRequestError,
+    _completion_from_body,
+    _decode_json,
+    _RetryableFailure,
     parse_retry_after,
     redact,
     resolve_api_key,
 )
-from dss_jax.teacher.fake_server import (
+from teacher_server import (
+    FAULT_DEEP_JSON,
     FAULT_DROP_CONNECTION,
+    FAULT_ECHO_KEY_IN_ERROR,
+    FAULT_ECHO_KEY_IN_TEXT,
+    FAULT_HUGE_ANSWER,
+    FAULT_HUGE_CHUNKED,
+    FAULT_HUGE_HEADER,
+    FAULT_HUGE_TOKEN_COUNT,
+    FAULT_LONE_SURROGATE,
+    FAULT_NAN_JSON,
+    FAULT_NON_UTF8,
+    FAULT_SLOW_CHUNKED,
+    FAULT_TRICKLE_BODY,
+    FAULT_TRICKLE_HEADERS,
+    FAULT_WRONG_TYPES,
     FAULT_HTTP_429,
     FAULT_HTTP_500,
     FAULT_INVALID_JSON,
@@ -190,3 +212,199 @@ def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
 def test_only_http_endpoints_are_accepted():
     with pytest.raises(ValueError, match="http"):
         TeacherClient("ftp://127.0.0.1/v1", "m")
+
+
+def always(fault):
+    return lambda query, attempt: fault
+
+
+@pytest.mark.parametrize("fault", [FAULT_TRICKLE_BODY, FAULT_SLOW_CHUNKED, FAULT_TRICKLE_HEADERS])
+def test_an_answer_that_trickles_in_forever_ends_within_the_total_deadline(fault):
+    # One byte every 0.05 s never trips a per-read timeout of 0.5 s; only a total deadline ends it.
+    config = FakeServerConfig(fault_plan=always(fault), trickle_interval_s=0.05, trickle_max_s=15.0,
+                              trickle_content_length=500_000)  # under the size cap: only the deadline can end it
+    with FakeTeacherServer(config) as server:
+        client = make_client(server, timeout_s=0.5, retry=RetryPolicy(max_retries=1, backoff_base_s=0.01))
+        started = time.monotonic()
+        with pytest.raises(TeacherRequestError, match=r"after 2 attempts; last error: no complete answer within "
+                                                      r"the total deadline of 0.5s"):
+            client.complete(PROMPT, GenerationConfig())
+        elapsed = time.monotonic() - started
+    assert elapsed < 2 * 0.5 + 1.5
+
+
+@pytest.mark.parametrize("fault", [FAULT_HUGE_ANSWER, FAULT_HUGE_CHUNKED])
+def test_an_answer_over_max_response_bytes_is_refused_at_once_and_not_retried(fault):
+    config = FakeServerConfig(fault_plan=always(fault), huge_bytes=300_000)
+    with FakeTeacherServer(config) as server:
+        client = make_client(server, max_response_bytes=100_000)
+        with pytest.raises(TeacherRequestError, match="larger than max_response_bytes=100000; refused, not stored"):
+            client.complete(PROMPT, GenerationConfig())
+        assert len(server.log_snapshot()) == 1
+
+
+def test_a_huge_content_length_is_refused_before_reading_the_body():
+    config = FakeServerConfig(fault_plan=always(FAULT_TRICKLE_BODY), trickle_interval_s=0.05, trickle_max_s=15.0)
+    with FakeTeacherServer(config) as server:
+        started = time.monotonic()
+        with pytest.raises(TeacherRequestError, match="larger than max_response_bytes"):
+            make_client(server, timeout_s=10.0).complete(PROMPT, GenerationConfig())
+    assert time.monotonic() - started < 2.0
+
+
+def test_an_answer_under_max_response_bytes_is_accepted_whole():
+    config = FakeServerConfig(fault_plan=always(FAULT_HUGE_CHUNKED), huge_bytes=300_000)
+    with FakeTeacherServer(config) as server:
+        completion = make_client(server, max_response_bytes=400_000).complete(PROMPT, GenerationConfig())
+    assert completion.text == "x" * 300_000
+
+
+@pytest.mark.parametrize("fault", [
+    FAULT_NON_UTF8, FAULT_WRONG_TYPES, FAULT_DEEP_JSON, FAULT_LONE_SURROGATE, FAULT_HUGE_TOKEN_COUNT,
+    FAULT_NAN_JSON, FAULT_HUGE_HEADER,
+])
+def test_an_untrusted_malformed_answer_is_retried_never_raised_or_accepted(fault):
+    config = FakeServerConfig(fault_plan=faults_on_first_attempts(fault))
+    with FakeTeacherServer(config) as server:
+        completion = make_client(server).complete(PROMPT, GenerationConfig())
+    assert completion.text == echo_completion(QUERY)
+    assert completion.attempts == 2
+
+
+def key_forms(key):
+    """The key as a hostile server might hand it back: plain, in a header dump, base64'd at any offset."""
+    forms = {key, key.lower(), f"Bearer {key}"}
+    for prefix in ("", "Bearer ", "Authorization: Bearer ", "x"):
+        encoded = base64.b64encode((prefix + key).encode()).decode()
+        forms.add(encoded[len(prefix) * 4 // 3 + 4 : -4])  # the part that encodes only the key
+    return forms
+
+
+def test_a_key_echoed_back_in_an_error_body_is_scrubbed_from_the_error_and_logs(caplog):
+    caplog.set_level(logging.DEBUG)
+    config = FakeServerConfig(fault_plan=always(FAULT_ECHO_KEY_IN_ERROR))
+    with FakeTeacherServer(config) as server:
+        client = make_client(server, api_key=Secret(SECRET_KEY))
+        with pytest.raises(TeacherRequestError, match="HTTP 400") as error:
+            client.complete(PROMPT, GenerationConfig())
+    for form in key_forms(SECRET_KEY):
+        assert form not in str(error.value) and form not in caplog.text
+
+
+def test_a_key_echoed_back_in_the_completion_is_refused_not_returned():
+    config = FakeServerConfig(fault_plan=always(FAULT_ECHO_KEY_IN_TEXT))
+    with FakeTeacherServer(config) as server:
+        client = make_client(server, api_key=Secret(SECRET_KEY))
+        with pytest.raises(TeacherRequestError, match="the answer contains the API key") as error:
+            client.complete(PROMPT, GenerationConfig())
+        assert len(server.log_snapshot()) == 1
+    assert SECRET_KEY not in str(error.value)
+
+
+@pytest.mark.parametrize("prefix", ["", "a", "ab", "Authorization: Bearer "])
+def test_redact_removes_the_key_base64_encoded_at_any_offset(prefix):
+    secret = Secret(SECRET_KEY)
+    text = "echo: " + base64.b64encode((prefix + SECRET_KEY + "!").encode()).decode()
+    assert secret.appears_in(text)
+    assert not Secret(SECRET_KEY).appears_in(redact(text, secret))
+
+
+def test_redact_removes_the_key_in_other_case_url_escaped_hex_reversed_or_in_pieces():
+    import urllib.parse
+
+    secret = Secret(SECRET_KEY)
+    for form in [SECRET_KEY.upper(), urllib.parse.quote(SECRET_KEY), SECRET_KEY.encode().hex(), SECRET_KEY[::-1],
+                 SECRET_KEY[5:21]]:
+        assert redact(f"<{form}>", secret) == "<***>"
+
+
+def test_a_short_key_is_matched_only_exactly_so_ordinary_words_pass():
+    secret = Secret("EMPTY")  # vLLM users often set OPENAI_API_KEY=EMPTY
+    assert not secret.appears_in("There are 5 empty seats. So the answer is (a) empty.")
+    assert secret.appears_in("the key was EMPTY")
+
+
+def test_an_api_key_with_spaces_or_control_characters_is_refused_without_showing_it(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-has space\n")
+    with pytest.raises(ValueError, match="printable ASCII") as error:
+        resolve_api_key(str(key_file), {})
+    assert "sk-has" not in str(error.value)
+    with pytest.raises(ValueError, match=r"\$OPENAI_API_KEY"):
+        resolve_api_key(None, {"OPENAI_API_KEY": "sk-\u00e9t\u00e9"})
+
+
+def test_a_missing_api_key_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"--api_key_file .*nokey: cannot read it"):
+        resolve_api_key(str(tmp_path / "nokey"), {})
+
+
+def test_an_endpoint_with_credentials_in_it_is_refused_without_echoing_them():
+    with pytest.raises(ValueError, match="without user:password@") as error:
+        TeacherClient("http://user:sk-in-url@127.0.0.1:1/v1", "m")
+    assert "sk-in-url" not in str(error.value)
+    with pytest.raises(ValueError, match=r"\?query"):
+        TeacherClient("http://127.0.0.1:1/v1?api_key=sk-in-url", "m")
+
+
+@pytest.mark.parametrize("setting, value", [("timeout_s", 0), ("timeout_s", float("inf")), ("max_response_bytes", 0)])
+def test_a_non_positive_timeout_or_size_cap_is_refused(setting, value):
+    with pytest.raises(ValueError, match=setting):
+        TeacherClient("http://127.0.0.1:1/v1", "m", **{setting: value})
+
+
+def test_a_kept_alive_connection_is_reused_across_requests():
+    with FakeTeacherServer() as server:
+        client = make_client(server)
+        for _ in range(3):
+            client.complete(PROMPT, GenerationConfig())
+        assert len({entry["client_port"] for entry in server.log_snapshot()}) == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+answer_like = st.fixed_dictionaries({
+    "choices": st.lists(st.fixed_dictionaries({}, optional={"text": json_values, "finish_reason": json_values,
+                                                            "message": json_values}), max_size=2) | json_values,
+}, optional={"usage": st.fixed_dictionaries({}, optional={"prompt_tokens": json_values,
+                                                          "completion_tokens": json_values}) | json_values})
+
+
+def _decoded_or_refused(content, chat):
+    try:
+        return _completion_from_body(_decode_json(content), chat, 1)
+    except _RetryableFailure:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | answer_like.map(lambda body: json.dumps(body).encode()), st.booleans())
+def test_fuzz_any_response_body_gives_a_well_typed_completion_or_a_retry(content, chat):
+    completion = _decoded_or_refused(content, chat)
+    if completion is not None:
+        completion.text.encode("utf-8")  # valid Unicode, storable in sqlite and JSON
+        assert completion.finish_reason is None or (isinstance(completion.finish_reason, str)
+                                                    and len(completion.finish_reason) <= 64)
+        for count in (completion.prompt_tokens, completion.completion_tokens):
+            assert type(count) is int and 0 <= count < 2**31
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=24, max_size=64),
+       st.binary(max_size=12), st.binary(max_size=12),
+       st.sampled_from([base64.b64encode, base64.urlsafe_b64encode, base64.b32encode]))
+def test_fuzz_the_key_base64_encoded_inside_any_text_is_found_and_scrubbed(key, before, after, encode):
+    secret = Secret(key)
+    echoed = "error: " + encode(before + key.encode() + after).decode()
+    assert secret.appears_in(echoed)
+    assert key not in redact(echoed, secret) and not secret.appears_in(redact(echoed, secret))
+
+
+def test_redact_removes_a_key_broken_up_by_junk_bytes_from_an_error_body():
+    secret = Secret(SECRET_KEY)  # 30 characters: pieces of 8+ are scrubbed
+    broken = SECRET_KEY[:10] + "\ufffd" + SECRET_KEY[10:20] + "\ufffd" + SECRET_KEY[20:]
+    scrubbed = redact(f"you sent {broken}", secret)
+    assert all(SECRET_KEY[i : i + 8] not in scrubbed for i in range(len(SECRET_KEY) - 7))

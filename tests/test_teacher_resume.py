@@ -9,7 +9,7 @@ import sys
 import time
 
 from dss_jax.teacher import cli
-from dss_jax.teacher.fake_server import FakeServerConfig, FakeTeacherServer, query_hash
+from teacher_server import FakeServerConfig, FakeTeacherServer, query_hash
 
 from test_teacher_run import copy_rows, cqa_picks_choice_a, query_for_row
 

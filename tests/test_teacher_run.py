@@ -1,11 +1,15 @@
 """Teacher runs end to end against a misbehaving local server: exactly-once rows, the
 datasets.zip layout read back by dss_jax.data.readers, resumption from the cache, failure
 reports, and an API key that never leaks."""
+import base64
 import dataclasses
 import hashlib
 import json
 import logging
+import os
 import re
+import stat
+import time
 
 import pytest
 
@@ -14,10 +18,17 @@ from dss_jax.teacher import cli
 from dss_jax.teacher.benchmarks import get_benchmark
 from dss_jax.teacher.cache import CompletionCache
 from dss_jax.teacher.client import GenerationConfig, RetryPolicy, TeacherClient
-from dss_jax.teacher.fake_server import (
+from teacher_server import (
     ALL_FAULTS,
+    FAULT_ECHO_KEY_IN_ERROR,
+    FAULT_ECHO_KEY_IN_TEXT,
     FAULT_HTTP_500,
+    FAULT_HUGE_ANSWER,
+    FAULT_HUGE_CHUNKED,
     FAULT_SLOW,
+    FAULT_SLOW_CHUNKED,
+    FAULT_TRICKLE_BODY,
+    HOSTILE_FAULTS,
     FakeServerConfig,
     FakeTeacherServer,
     query_of,
@@ -340,3 +351,101 @@ def test_the_cli_runs_a_benchmark_that_a_user_module_registers(tmp_path, monkeyp
     assert status == 0 and report["teacher_accuracy"] == pytest.approx(2 / 3)
     assert [len(json.loads((tmp_path / "out" / "yesno" / "llm" / f"train_CoT_{i}.json").read_text()))
             for i in range(2)] == [2, 1]
+
+
+def key_forms(key):
+    """The key as a hostile server might hand it back: plain, any case, base64'd inside a header dump."""
+    forms = {key, key.lower(), key.upper()}
+    for prefix in ("", "Bearer ", "Authorization: Bearer ", "x"):
+        encoded = base64.b64encode((prefix + key).encode()).decode()
+        forms.add(encoded[len(prefix) * 4 // 3 + 4 : -4])  # the part that encodes only the key
+    return {form.encode() for form in forms}
+
+
+def test_a_server_echoing_the_key_back_gets_it_into_no_file_and_no_log(tmp_path, cqa_data, monkeypatch,
+                                                                        capsys, caplog):
+    data_dir, rows = cqa_data
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("DSS_TEACHER_API_KEY", SECRET_KEY)
+    echo = {query_for_row("cqa", rows[0]): FAULT_ECHO_KEY_IN_ERROR,
+            query_for_row("cqa", rows[1]): FAULT_ECHO_KEY_IN_TEXT}
+    config = FakeServerConfig(completion_for_query=cqa_picks_choice_a, fault_plan=lambda q, a: echo.get(q))
+    out_dir = tmp_path / "out"
+    with FakeTeacherServer(config) as server:
+        status = cli.main(["--benchmark", "cqa", "--split", "train", "--data_dir", str(data_dir),
+                           "--out_dir", str(out_dir), "--endpoint", server.base_url, "--model", "m",
+                           "--backoff_base_s", "0.01", "--no_progress"])
+    captured = capsys.readouterr()
+    report = json.loads((out_dir / "teacher_runs" / "cqa_train_report.json").read_text())
+    assert status == 1 and sorted(report["failed_rows"]) == ["0", "1"]
+    assert "HTTP 400" in report["failed_rows"]["0"] and "contains the API key" in report["failed_rows"]["1"]
+    shown = (caplog.text + captured.out + captured.err).encode()
+    for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
+        for form in key_forms(SECRET_KEY):
+            assert form not in path.read_bytes(), (path, form)
+            assert form not in shown, form
+
+
+@pytest.mark.parametrize("fault", [FAULT_HUGE_ANSWER, FAULT_HUGE_CHUNKED])
+def test_an_oversized_answer_is_a_counted_failed_row_never_stored_or_written(tmp_path, cqa_data, fault):
+    data_dir, rows = cqa_data
+    huge = query_for_row("cqa", rows[5])
+    config = FakeServerConfig(completion_for_query=cqa_picks_choice_a, huge_bytes=3 << 20,
+                              fault_plan=lambda q, a: fault if q == huge else None)
+    out_dir = tmp_path / "out"
+    with FakeTeacherServer(config) as server:
+        report = run_teacher(get_benchmark("cqa"), data_dir, "train", out_dir, fast_client(server))
+        assert sum(entry["query_hash"] == hashlib.sha256(huge.encode()).hexdigest()[:16]
+                   for entry in server.log_snapshot()) == 1  # refused at once, not retried
+    assert list(report.failed_rows) == [5] and "max_response_bytes" in report.failed_rows[5]
+    assert report.rows_done == 23 and report.output_files == []
+    assert sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file()) < 1 << 20
+
+
+@pytest.mark.parametrize("fault", [FAULT_TRICKLE_BODY, FAULT_SLOW_CHUNKED])
+def test_a_row_whose_answer_never_finishes_fails_by_the_deadline_and_the_run_ends(tmp_path, cqa_data, fault):
+    data_dir, rows = cqa_data
+    stuck = query_for_row("cqa", rows[2])
+    config = FakeServerConfig(completion_for_query=cqa_picks_choice_a, trickle_interval_s=0.05, trickle_max_s=15.0,
+                              trickle_content_length=500_000, fault_plan=lambda q, a: fault if q == stuck else None)
+    started = time.monotonic()
+    with FakeTeacherServer(config) as server:
+        report = run_teacher(get_benchmark("cqa"), data_dir, "train", tmp_path / "out",
+                             fast_client(server, timeout_s=0.5, retry=RetryPolicy(max_retries=1, backoff_base_s=0.01)))
+    assert time.monotonic() - started < 6.0
+    assert list(report.failed_rows) == [2] and "total deadline of 0.5s" in report.failed_rows[2]
+    assert report.rows_done == 23
+
+
+def test_hostile_answers_never_crash_a_run_and_retries_fill_every_row(tmp_path, cqa_data):
+    data_dir, rows = cqa_data
+    retried = [f for f in HOSTILE_FAULTS if f not in (FAULT_HUGE_ANSWER, FAULT_HUGE_CHUNKED, FAULT_ECHO_KEY_IN_ERROR,
+                                                    FAULT_ECHO_KEY_IN_TEXT, FAULT_TRICKLE_BODY)]
+    first_fault = {query_for_row("cqa", rows[i]): fault for i, fault in enumerate(retried)}
+    config = FakeServerConfig(completion_for_query=cqa_picks_choice_a, trickle_interval_s=0.05, trickle_max_s=15.0,
+                              trickle_content_length=500_000,
+                              fault_plan=lambda q, a: first_fault.get(q) if a == 1 else None)
+    with FakeTeacherServer(config) as server:
+        report = run_teacher(get_benchmark("cqa"), data_dir, "train", tmp_path / "out",
+                             fast_client(server, timeout_s=0.5), concurrency=4)
+        outcomes = {entry["outcome"] for entry in server.log_snapshot()}
+    assert set(retried) <= outcomes
+    assert report.complete
+    assert read_output(tmp_path / "out", "cqa", "train") == [cqa_picks_choice_a(query_for_row("cqa", r)).lstrip()
+                                                             for r in rows]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_every_file_a_run_writes_gets_the_users_normal_permissions(tmp_path, cqa_data, umask):
+    data_dir, _ = cqa_data
+    previous = os.umask(umask)
+    try:
+        with FakeTeacherServer(FakeServerConfig(completion_for_query=cqa_picks_choice_a)) as server:
+            report = run_teacher(get_benchmark("cqa"), data_dir, "train", tmp_path / "out", fast_client(server))
+    finally:
+        os.umask(previous)
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert report.complete and {p.name for p in written} >= {"train_CoT_0.json", "cqa_train_report.json",
+                                                              "cache.sqlite"}
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

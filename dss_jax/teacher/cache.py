@@ -58,6 +58,10 @@ class CompletionCache:
         self.path = path
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
+        if not os.path.exists(path):
+            # sqlite would create it 0o644 whatever the umask; made here it gets the user's normal
+            # permissions (0o666 minus the umask), which sqlite then gives its -wal and -shm files too.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
         self._db = sqlite3.connect(path, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -3,7 +3,8 @@
 Reads the rows of `DATA_DIR/<benchmark>/<benchmark>_<split>.json`, asks an
 OpenAI-compatible endpoint for a few-shot chain-of-thought completion per row (resuming
 from the cache under `OUT/teacher_runs/`), and writes `OUT/<benchmark>/llm/<split>_CoT_<i>.json`.
-Exit status 0 when every row has a completion, 1 when some rows failed (rerun to resume).
+Exit status 0 when every row has a completion, 1 when some rows failed (rerun to resume),
+2 for a bad setting or unreadable input, named in one `error:` line on stderr.
 The API key comes from `--api_key_file` or DSS_TEACHER_API_KEY / OPENAI_API_KEY and is
 never printed.
 """
@@ -13,12 +14,19 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import math
 import os
 import sys
 from typing import List, Optional
 
 from dss_jax.teacher.benchmarks import get_benchmark, registered_benchmarks
-from dss_jax.teacher.client import GenerationConfig, RetryPolicy, TeacherClient, resolve_api_key
+from dss_jax.teacher.client import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    GenerationConfig,
+    RetryPolicy,
+    TeacherClient,
+    resolve_api_key,
+)
 from dss_jax.teacher.runner import run_teacher
 
 ENDPOINT_ENV = "DSS_TEACHER_ENDPOINT"
@@ -52,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--stop", action="append", default=None,
                         help="stop sequence (repeatable; default: the benchmark's, e.g. '\\n\\nQ:')")
-    parser.add_argument("--timeout_s", type=float, default=120.0, help="per-request timeout")
+    parser.add_argument("--timeout_s", type=float, default=120.0,
+                        help="total time one attempt may take: connect, send and the whole answer")
+    parser.add_argument("--max_response_bytes", type=int, default=DEFAULT_MAX_RESPONSE_BYTES,
+                        help="a larger answer is refused and its row fails (default 1 MiB)")
     parser.add_argument("--max_retries", type=int, default=6)
     parser.add_argument("--backoff_base_s", type=float, default=1.0)
     parser.add_argument("--backoff_max_s", type=float, default=60.0)
@@ -68,18 +79,42 @@ def _decode_escapes(stop: str) -> str:
     return stop.replace("\\n", "\n").replace("\\t", "\t")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    missing = [flag for flag, value in (("--data_dir", args.data_dir), ("--endpoint", args.endpoint),
-                                        ("--model", args.model)) if not value]
-    if missing:
-        print(f"error: {', '.join(missing)} required (flag or environment)", file=sys.stderr)
-        return 2
+def _number_setting_errors(args: argparse.Namespace) -> List[str]:
+    """Every numeric flag outside its accepted range, as 'flag must be ..., got value'."""
+    rules = [
+        ("--concurrency", args.concurrency, args.concurrency > 0, "a positive integer"),
+        ("--limit", args.limit, args.limit is None or args.limit > 0, "a positive integer"),
+        ("--max_tokens", args.max_tokens, args.max_tokens > 0, "a positive integer"),
+        ("--temperature", args.temperature, math.isfinite(args.temperature) and args.temperature >= 0,
+         "a number >= 0"),
+        ("--timeout_s", args.timeout_s, math.isfinite(args.timeout_s) and args.timeout_s > 0, "a number of seconds > 0"),
+        ("--max_response_bytes", args.max_response_bytes, args.max_response_bytes > 0, "a positive integer"),
+        ("--max_retries", args.max_retries, args.max_retries >= 0, "an integer >= 0"),
+        ("--backoff_base_s", args.backoff_base_s, math.isfinite(args.backoff_base_s) and args.backoff_base_s >= 0,
+         "a number of seconds >= 0"),
+        ("--backoff_max_s", args.backoff_max_s, math.isfinite(args.backoff_max_s) and args.backoff_max_s >= 0,
+         "a number of seconds >= 0"),
+        ("--max_failed_rows", args.max_failed_rows, args.max_failed_rows >= 0, "an integer >= 0"),
+    ]
+    return [f"{flag} must be {accepted}, got {value}" for flag, value, ok, accepted in rules if not ok]
+
+
+def _build(args: argparse.Namespace):
+    """(benchmark, generation settings, client) from the flags; ValueError names the bad setting."""
+    errors = _number_setting_errors(args)
+    if errors:
+        raise ValueError("; ".join(errors))
+    if not os.path.isdir(args.data_dir):
+        raise ValueError(f"--data_dir {args.data_dir} is not a folder")
     for module in args.imports:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"--import {module}: cannot import it ({e})") from None
     benchmark = get_benchmark(args.benchmark)
     if args.prompt_file:
+        if not os.path.isfile(args.prompt_file):
+            raise ValueError(f"--prompt_file {args.prompt_file} is not a file")
         benchmark = dataclasses.replace(benchmark, prompt_file=args.prompt_file)
     stop = tuple(_decode_escapes(s) for s in args.stop) if args.stop else benchmark.stop
     generation = GenerationConfig(max_tokens=args.max_tokens, temperature=args.temperature, stop=stop)
@@ -91,12 +126,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         timeout_s=args.timeout_s,
         retry=RetryPolicy(max_retries=args.max_retries, backoff_base_s=args.backoff_base_s,
                           backoff_max_s=args.backoff_max_s),
+        max_response_bytes=args.max_response_bytes,
     )
-    report = run_teacher(
-        benchmark, args.data_dir, args.split, args.out_dir, client, generation,
-        cache_path=args.cache, concurrency=args.concurrency, limit=args.limit,
-        max_failed_rows=args.max_failed_rows, progress=not args.no_progress,
-    )
+    return benchmark, generation, client
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    missing = [flag for flag, value in (("--data_dir", args.data_dir), ("--endpoint", args.endpoint),
+                                        ("--model", args.model)) if not value]
+    if missing:
+        print(f"error: {', '.join(missing)} required (flag or environment)", file=sys.stderr)
+        return 2
+    try:
+        benchmark, generation, client = _build(args)
+    except ValueError as error:  # the messages name the setting and never hold the key
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        report = run_teacher(
+            benchmark, args.data_dir, args.split, args.out_dir, client, generation,
+            cache_path=args.cache, concurrency=args.concurrency, limit=args.limit,
+            max_failed_rows=args.max_failed_rows, progress=not args.no_progress,
+        )
+    except (ValueError, OSError) as error:  # unreadable or invalid rows, an unwritable --out_dir
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(report.to_json())
     if not report.complete:
         print(f"{len(report.failed_rows)} rows failed and {report.rows_requested - report.rows_done} have no "

@@ -1,17 +1,23 @@
-"""A fake OpenAI-compatible teacher server on 127.0.0.1, for tests and offline dry runs.
+"""Test-only fake OpenAI-compatible teacher server on 127.0.0.1 (moved out of the library).
 
 It answers `POST /v1/completions` and `POST /v1/chat/completions` with a completion that a
 caller-supplied function derives deterministically from the prompt's last block (the
 query), so a test can check that every row got the answer meant for it. A fault plan can
 make it misbehave on purpose, per query and attempt: HTTP 500, 429 with Retry-After,
-answers slower than the client's timeout, truncated or invalid JSON bodies, dropped connections,
-or 401 when the expected API key is missing. Every request is logged (in memory and, if
-asked, as JSON lines in a file): the query's hash, the attempt number and what was done.
+answers slower than the client's timeout, truncated or invalid JSON bodies, dropped
+connections, 401 when the expected API key is missing, and hostile answers (a body that
+trickles in under a huge Content-Length, a slow endless chunked body, headers that trickle,
+oversized answers, the Authorization header echoed back in an error or in the completion,
+non-UTF-8 bytes, wrong types, deeply nested JSON, lone surrogates, huge token counts).
+Every request is logged (in memory and, if asked, as JSON lines in a file): the query's
+hash, the attempt number and what was done; never the Authorization header itself.
 
-It only ever binds to 127.0.0.1.
+It only ever binds to 127.0.0.1, and every slow loop ends by itself (after
+`trickle_max_s`, when the client goes away, or when the server stops).
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import http.server
@@ -29,6 +35,26 @@ FAULT_DROP_CONNECTION = "drop_connection"
 FAULT_INVALID_JSON = "invalid_json"  # a complete 200 response whose body is not JSON
 ALL_FAULTS = (
     FAULT_HTTP_500, FAULT_HTTP_429, FAULT_SLOW, FAULT_TRUNCATED_JSON, FAULT_DROP_CONNECTION, FAULT_INVALID_JSON,
+)
+# Hostile answers (issue 17 item 8): the client must end, refuse or retry, never hang or store them.
+FAULT_TRICKLE_BODY = "trickle_body"  # 200, a huge Content-Length, then one byte per trickle_interval_s
+FAULT_SLOW_CHUNKED = "slow_chunked"  # 200, chunked, an endless run of 1-byte chunks
+FAULT_TRICKLE_HEADERS = "trickle_headers"  # the status line and headers one byte at a time, forever
+FAULT_HUGE_ANSWER = "huge_answer"  # a valid answer whose text is huge_bytes long (with Content-Length)
+FAULT_HUGE_CHUNKED = "huge_chunked"  # the same, chunked, so no length is announced
+FAULT_ECHO_KEY_IN_ERROR = "echo_key_in_error"  # 400 whose body echoes the Authorization header, plain and base64
+FAULT_ECHO_KEY_IN_TEXT = "echo_key_in_text"  # 200 whose completion text holds the Authorization header
+FAULT_NON_UTF8 = "non_utf8"  # 200 whose body has bytes that are not UTF-8
+FAULT_WRONG_TYPES = "wrong_types"  # usage.prompt_tokens is a string, finish_reason a list
+FAULT_DEEP_JSON = "deep_json"  # 200 whose body is 100 000 nested JSON arrays
+FAULT_LONE_SURROGATE = "lone_surrogate"  # the text is "\\ud800": valid JSON, not valid Unicode
+FAULT_HUGE_TOKEN_COUNT = "huge_token_count"  # usage.prompt_tokens = 10**30
+FAULT_NAN_JSON = "nan_json"  # usage.prompt_tokens = NaN (not JSON, though Python's json reads it)
+FAULT_HUGE_HEADER = "huge_header"  # a 200 with a 100 kB header line
+HOSTILE_FAULTS = (
+    FAULT_TRICKLE_BODY, FAULT_SLOW_CHUNKED, FAULT_TRICKLE_HEADERS, FAULT_HUGE_ANSWER, FAULT_HUGE_CHUNKED,
+    FAULT_ECHO_KEY_IN_ERROR, FAULT_ECHO_KEY_IN_TEXT, FAULT_NON_UTF8, FAULT_WRONG_TYPES, FAULT_DEEP_JSON,
+    FAULT_LONE_SURROGATE, FAULT_HUGE_TOKEN_COUNT, FAULT_NAN_JSON, FAULT_HUGE_HEADER,
 )
 
 FaultPlan = Callable[[str, int], Optional[str]]  # (query, attempt number from 1) -> fault or None
@@ -58,6 +84,10 @@ class FakeServerConfig:
     response_delay_s: float = 0.0
     expected_api_key: Optional[str] = None
     log_path: Optional[str] = None
+    trickle_interval_s: float = 0.05
+    trickle_max_s: float = 20.0  # every slow loop stops by itself after this long
+    trickle_content_length: int = 10**9  # what FAULT_TRICKLE_BODY announces
+    huge_bytes: int = 3 << 20
 
 
 class FakeTeacherServer:
@@ -68,6 +98,7 @@ class FakeTeacherServer:
         self.requests: List[dict] = []
         self._lock = threading.Lock()
         self._attempts: dict[str, int] = {}
+        self._stopping = threading.Event()
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -82,6 +113,7 @@ class FakeTeacherServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -138,6 +170,7 @@ class FakeTeacherServer:
                     "max_tokens": request.get("max_tokens"),
                     "stop": request.get("stop"),
                     "authorized": authorization is not None,
+                    "client_port": self.client_address[1],
                 }
                 config = server.config
                 if config.expected_api_key is not None and authorization != f"Bearer {config.expected_api_key}":
@@ -168,8 +201,88 @@ class FakeTeacherServer:
                 elif fault == FAULT_SLOW:
                     time.sleep(config.slow_s)
                     self._send_json(200, self._answer(query, prompt, chat, request))
+                elif fault in HOSTILE_FAULTS:
+                    try:
+                        self._hostile(fault, self._answer(query, prompt, chat, request), chat, authorization or "")
+                    except (BrokenPipeError, ConnectionResetError):
+                        self.close_connection = True  # the client gave up, as it should
                 else:
                     self._send_json(200, self._answer(query, prompt, chat, request))
+
+            def _trickle(self, data: bytes) -> None:
+                """Write `data` one byte per trickle interval, endlessly repeated, until a bound stops it."""
+                config = server.config
+                stop_at = time.monotonic() + config.trickle_max_s
+                position = 0
+                while time.monotonic() < stop_at and not server._stopping.is_set():
+                    self.wfile.write(data[position % len(data) : position % len(data) + 1])
+                    self.wfile.flush()
+                    position += 1
+                    time.sleep(config.trickle_interval_s)
+                self.close_connection = True
+
+            def _with_text(self, answer: dict, chat: bool, text: str) -> dict:
+                choice = answer["choices"][0]
+                if chat:
+                    choice["message"]["content"] = text
+                else:
+                    choice["text"] = text
+                return answer
+
+            def _hostile(self, fault: str, answer: dict, chat: bool, authorization: str) -> None:
+                config = server.config
+                if fault == FAULT_TRICKLE_BODY:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(config.trickle_content_length))
+                    self.end_headers()
+                    self._trickle(json.dumps(answer).encode())
+                elif fault == FAULT_SLOW_CHUNKED:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(b"1\r\n[\r\n")
+                    self._trickle(b"1\r\n \r\n")
+                elif fault == FAULT_TRICKLE_HEADERS:
+                    self._trickle(b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 50)
+                elif fault == FAULT_HUGE_ANSWER:
+                    self._send_json(200, self._with_text(answer, chat, "x" * config.huge_bytes))
+                elif fault == FAULT_HUGE_CHUNKED:
+                    data = json.dumps(self._with_text(answer, chat, "x" * config.huge_bytes)).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for start in range(0, len(data), 65536):
+                        piece = data[start : start + 65536]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.write(b"0\r\n\r\n")
+                elif fault == FAULT_ECHO_KEY_IN_ERROR:
+                    echoed = {"message": f"bad request; you sent Authorization: {authorization}",
+                              "base64": base64.b64encode(f"Authorization: {authorization}".encode()).decode(),
+                              "headers": dict(self.headers)}
+                    self._send_json(400, {"error": echoed})
+                elif fault == FAULT_ECHO_KEY_IN_TEXT:
+                    self._send_json(200, self._with_text(answer, chat, f" Your header was {authorization}."))
+                elif fault == FAULT_NON_UTF8:
+                    self._send_raw(200, b'{"choices": [{"text": "\xff\xfe\xc3(", "finish_reason": "stop"}]}')
+                elif fault == FAULT_WRONG_TYPES:
+                    answer["usage"]["prompt_tokens"] = "lots"
+                    answer["choices"][0]["finish_reason"] = ["stop"] * 3
+                    self._send_json(200, answer)
+                elif fault == FAULT_DEEP_JSON:
+                    self._send_raw(200, b"[" * 100_000 + b"]" * 100_000)
+                elif fault == FAULT_LONE_SURROGATE:
+                    self._send_json(200, self._with_text(answer, chat, "a\ud800b"))
+                elif fault == FAULT_HUGE_TOKEN_COUNT:
+                    answer["usage"]["prompt_tokens"] = 10**30
+                    self._send_json(200, answer)
+                elif fault == FAULT_NAN_JSON:
+                    answer["usage"]["prompt_tokens"] = float("nan")
+                    self._send_json(200, answer)  # json.dumps writes NaN
+                elif fault == FAULT_HUGE_HEADER:
+                    self._send_json(200, answer, {"X-Huge": "h" * 100_000})
 
             def _answer(self, query: str, prompt: str, chat: bool, request: dict) -> dict:
                 text = server.config.completion_for_query(query)
