@@ -70,12 +70,18 @@ class InputConfig:
     pack: False (pad every sequence), True (SeqIO packing) or "buckets" (row-length
       buckets that keep each step's label and rationale sequences together).
     shuffle: each epoch a seeded permutation of the whole training split.
+    encoder_row_lens, decoder_row_lens: with ``pack="buckets"``, the row lengths a step's
+      sequences are packed into (``dss_jax.packing``); each step takes the pair with the
+      least padding.  Empty: one bucket, the sequence length.  The longest must hold the
+      longest sequence (``sequence_lengths``), so every step fits.
     """
 
     sequence_lengths: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SEQUENCE_LENGTHS))
     batch_size: int = 64
     pack: Any = False
     shuffle: bool = True
+    encoder_row_lens: tuple[int, ...] = ()
+    decoder_row_lens: tuple[int, ...] = ()
 
     def __post_init__(self):
         lengths = self.sequence_lengths
@@ -88,6 +94,18 @@ class InputConfig:
                  "a positive integer")
         _require(self.pack in PACK_MODES, "InputConfig.pack", self.pack, f"one of {PACK_MODES}")
         _require(isinstance(self.shuffle, bool), "InputConfig.shuffle", self.shuffle, "True or False")
+        for name, length in (("encoder_row_lens", "inputs"), ("decoder_row_lens", "targets")):
+            value = getattr(self, name)
+            _require(isinstance(value, (list, tuple)) and all(_is_int(v) and v > 0 for v in value),
+                     f"InputConfig.{name}", value, "a list of positive row lengths")
+            object.__setattr__(self, name, tuple(sorted(set(int(v) for v in value))))
+            if not value:
+                continue
+            _require(self.pack == "buckets", f"InputConfig.{name}", value,
+                     f"() unless InputConfig.pack = 'buckets' (pack is {self.pack!r})")
+            _require(max(value) >= self.sequence_lengths[length], f"InputConfig.{name}", value,
+                     f"lengths whose longest is >= sequence_lengths['{length}'] = "
+                     f"{self.sequence_lengths[length]}, so that every sequence fits a row")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +134,9 @@ class Experiment:
     fraction, seed: the training-set fraction and the seed of its subsample, of the
       shuffling and of the initial parameters.
     llm: which teacher's outputs (``palm``: the paper's PaLM-540B; ``gpt``: GPT-NeoX).
+    extra_sources: unlabeled inputs added to the training split, labelled and explained by
+      the teacher step (paper section 4.2), e.g. ``("svamp:asdiv",)``: ``benchmark:split``
+      files in the ``datasets.zip`` layout; validation and test stay the benchmark's own.
     task: train on any registered SeqIO task or mixture instead of a DSS method; then
       ``eval_tasks`` names the tasks to evaluate and ``rationale_tasks`` the mixture's
       sub-tasks whose targets are rationales.
@@ -135,6 +156,7 @@ class Experiment:
     fraction: float = 1.0
     seed: int = 0
     llm: str = "palm"
+    extra_sources: tuple[str, ...] = ()
     task: str | None = None
     eval_tasks: tuple[str, ...] | None = None
     rationale_tasks: tuple[str, ...] = ()
@@ -168,7 +190,7 @@ class Experiment:
         _require(self.llm in TEACHER_LLMS, "Experiment.llm", self.llm, f"one of {TEACHER_LLMS}")
         _require(self.task is None or (isinstance(self.task, str) and bool(self.task)), "Experiment.task",
                  self.task, "None or a registered SeqIO task / mixture name")
-        for name in ("eval_tasks", "rationale_tasks"):
+        for name in ("eval_tasks", "rationale_tasks", "extra_sources"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -204,6 +226,8 @@ class Experiment:
         dss_tasks = importlib.import_module(self.task_module)
         b, f, s = self.benchmark, self.fraction, self.seed
         extra = {} if self.llm == "palm" else {"llm": self.llm}
+        if self.extra_sources:
+            extra["extra_sources"] = self.extra_sources
 
         def register(kind: str, labels: str | None) -> str:
             return dss_tasks.register_task(b, kind, labels, f, s, **extra)
@@ -229,6 +253,16 @@ class Experiment:
         mode = {"paired": "paired", "mixture": "per_sequence", "single": "token_mean"}[kind]
         return TaskSet(self.task, kind, tuple(self.eval_tasks), None, tuple(self.rationale_tasks), mode)
 
+    def validate_data(self, splits: Sequence[str] = ("train", "validation", "test")) -> dict:
+        """Reads every split the run will use now, before anything is built: a missing,
+        truncated, empty or badly encoded file, or an out-of-set gold label, is one error
+        naming the file and the setting to fix (``dss_jax.data.readers.DataValidationError``).
+        Custom tasks (``task``) are the caller's to check; returns the per-split counts."""
+        if self.task is not None:
+            return {}
+        dss_tasks = importlib.import_module(self.task_module)
+        return dss_tasks.validate_task(self.tasks().eval[0], splits=tuple(splits))
+
     def loss_config(self):
         from dss_jax import losses
 
@@ -243,7 +277,7 @@ class Experiment:
         return input_pipeline.StreamConfig(
             task=tasks.train, rationale_tasks=tasks.rationale_tasks, sequence_lengths=self.input.sequence_lengths,
             batch_size=self.input.batch_size, pack=self.input.pack, seed=self.seed, shuffle=self.input.shuffle,
-            split=split)
+            split=split, encoder_row_lens=self.input.encoder_row_lens, decoder_row_lens=self.input.decoder_row_lens)
 
     def use_vocabulary(self) -> None:
         """Makes the tasks of this process use the experiment's vocabulary setting."""

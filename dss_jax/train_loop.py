@@ -6,8 +6,10 @@ It reads top to bottom:
 1. take the run directory's lock, check the experiment against the one recorded there
    (nothing is written when they differ), record it;
 2. build the model, optimizer and ``data x model`` mesh (``Components``);
-3. start from the latest complete checkpoint (state AND data position), or from the
-   experiment's initial checkpoint, or from an explicit random initialisation;
+3. start from the newest checkpoint that restores and verifies (state AND data position;
+   damaged newer ones are named and moved aside), or from the experiment's initial
+   checkpoint, or from an explicit random initialisation; drop the metrics records of the
+   steps it will redo;
 4. one jitted, donated step per batch; device metrics are fetched only when a log line or
    a checkpoint is due (a NaN/Inf loss stops the run before its state is saved);
 5. evaluate the label task(s) every ``eval.every`` steps and at the end (against the gold
@@ -18,15 +20,18 @@ The step itself is ``trainer.make_train_step``: ``(state, batch) -> (state, metr
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Sequence
 
 import jax
 
 from dss_jax import checkpoints, evaluation, experiment as experiment_lib, input_pipeline, metrics_logging
-from dss_jax import partitioning, run_dir, trainer
+from dss_jax import compiled_steps, partitioning, run_dir, trainer
 from dss_jax.model import T5
 
 INIT_SHAPES = ((1, 1), (1, 1))
+# Bucketed packing: the batches read ahead, before the first step, to compile their shapes.
+COMPILE_LOOKAHEAD = 64
 
 
 @dataclasses.dataclass
@@ -60,10 +65,10 @@ class Components:
 
     def initial_state(self, ckpt: checkpoints.CheckpointManager, stream: input_pipeline.StreamConfig):
         """(state, batches consumed, how it started): resume > initial checkpoint > explicit random."""
-        latest = ckpt.latest_step()
-        if latest is not None:
-            state, position = ckpt.restore(self.abstract_state, latest)
-            return state, stream.check_position(position), f"resumed from step {latest}"
+        resumed = ckpt.restore_latest(self.abstract_state, say=_say)  # verified; skips damaged steps, says so
+        if resumed is not None:
+            state, position, step = resumed
+            return state, stream.check_position(position), f"resumed from step {step}"
         params = None
         if not self.experiment.random_init:
             from dss_jax import initial_params
@@ -94,8 +99,8 @@ class Due:
 
 def due(step: int, run: experiment_lib.RunConfig, stopping: bool) -> Due:
     last = step == run.train.steps
-    log = step % run.train.log_every == 0 or last
     save = step % run.checkpoint.every == 0 or last or stopping
+    log = step % run.train.log_every == 0 or save  # a line ends at every checkpoint: a resume continues the lines
     evaluate = bool(run.eval.every) and step % run.eval.every == 0 and not (last or stopping)
     return Due(fetch=log or save, log=log, save=save, eval=evaluate)
 
@@ -106,6 +111,7 @@ def train(experiment: experiment_lib.Experiment, run: experiment_lib.RunConfig, 
     partitioning.maybe_initialize_distributed(run.mesh.multihost)
     experiment = experiment_lib.with_total_steps(experiment, run.train.steps)
     experiment.use_vocabulary()
+    experiment.validate_data()  # every split the run will use, before anything is built or written
     directory, is_chief = run_dir.RunDir(model_dir), jax.process_index() == 0
     with directory.lock(is_chief):
         if is_chief:
@@ -117,23 +123,18 @@ def train(experiment: experiment_lib.Experiment, run: experiment_lib.RunConfig, 
         state, consumed, started = parts.initial_state(ckpt, stream)
         step = int(jax.device_get(state.step))
         logger = metrics_logging.MetricsLogger(directory.path, run.train.steps, step, is_chief=is_chief,
-                                               tensorboard=run.train.tensorboard, progress_bar=run.train.progress_bar)
+                                               tensorboard=run.train.tensorboard, progress_bar=run.train.progress_bar,
+                                               drop_after=step)  # records of steps redone after a kill
         logger.message(f"{experiment.describe()}; task {parts.tasks.train} ({parts.tasks.loss_mode} loss), "
                        f"mesh {dict(parts.mesh.shape)}; {started}")
-        batches, _ = input_pipeline.train_batches(stream, start_batch=consumed,
-                                                  shard_info=partitioning.host_shard_info(),
-                                                  num_hosts=jax.process_count())
+        batches, step_fn, batch_shardings = compiled_input(parts, stream, consumed, run.train.steps - step,
+                                                            logger.message)
         meter = metrics_logging.StepMeter(step, trainer.summarize_metrics)
-        step_fn, last_good, final = None, ckpt.latest_step(), {}
+        last_good, final = ckpt.latest_step(), {}
         try:
             with checkpoints.PreemptionGuard() as guard:
                 while step < run.train.steps:
                     local = next(batches)
-                    if step_fn is None:
-                        batch_shardings = partitioning.batch_shardings(parts.mesh, list(local))
-                        step_fn = trainer.make_train_step(parts.model, parts.optimizer, experiment.loss_config(),
-                                                          parts.mesh, parts.state_shardings, batch_shardings,
-                                                          parts.rules)
                     state, metrics = step_fn(state, partitioning.make_global_batch(local, batch_shardings))
                     step, consumed = step + 1, consumed + 1
                     meter.add(step, metrics, *input_pipeline.count_examples(local, parts.tasks.kind,
@@ -163,6 +164,28 @@ def train(experiment: experiment_lib.Experiment, run: experiment_lib.RunConfig, 
     if final and is_chief:
         print(evaluation.accuracy_table(final, title=f"accuracy after {step} steps ({directory})"), flush=True)
     return {"step": step, "model_dir": str(directory), "eval": {name: r.metrics for name, r in final.items()}}
+
+
+def compiled_input(parts: Components, stream: input_pipeline.StreamConfig, consumed: int, steps_left: int, log):
+    """(this host's batches after ``consumed``, the step compiled for their shapes, batch shardings).
+
+    The shapes of the next ``min(COMPILE_LOOKAHEAD, steps_left)`` batches (bucketed packing;
+    else the one fixed shape) are compiled before the first step (``compiled_steps``).
+    """
+    batches, _ = input_pipeline.train_batches(stream, start_batch=consumed, shard_info=partitioning.host_shard_info(),
+                                              num_hosts=jax.process_count(), row_multiple=parts.mesh.shape["data"])
+    ahead = list(itertools.islice(batches, max(min(COMPILE_LOOKAHEAD, steps_left), 1) if stream.buckets else 1))
+    batch_shardings = partitioning.batch_shardings(parts.mesh, list(ahead[0]))
+    step = trainer.make_train_step(parts.model, parts.optimizer, parts.experiment.loss_config(), parts.mesh,
+                                   parts.state_shardings, batch_shardings, parts.rules)
+    step_fn = compiled_steps.CompiledSteps(step, parts.abstract_state, batch_shardings, parts.mesh, parts.rules, log)
+    log(f"compiled the train step for {step_fn.prepare(ahead, jax.process_count())} batch shape(s)")
+    return itertools.chain(ahead, batches), step_fn, batch_shardings
+
+
+def _say(text: str) -> None:
+    if jax.process_index() == 0:
+        print(text, flush=True)
 
 
 def _log_eval(logger: metrics_logging.MetricsLogger, step: int, results: dict) -> dict:

@@ -128,7 +128,14 @@ def test_standard_tasks_have_no_prefix(spm8k):
     source = readers.load_split("svamp", "test").examples[0]
     assert finetune["inputs"].tolist() == distill["inputs"].tolist() == spm8k.encode(source.input) + [1]
     assert finetune["targets_pretokenized"].decode() == "( 10.0 * 45.0 )"
-    assert distill["targets_pretokenized"].decode() == "(10 * 45)"
+
+
+def test_standard_distill_trains_on_the_teacher_label(spm8k):
+    distill = _first("dss_svamp_standard_distill", "train")
+    finetune = _first("dss_svamp_standard_finetune", "train")
+    assert distill["example_id"] == finetune["example_id"] == 792
+    assert distill["targets_pretokenized"].decode() == "((18 - 10) * 15)"
+    assert finetune["targets_pretokenized"].decode() == "( ( 18.0 - 10.0 ) * 15.0 )"
 
 
 def test_rationale_then_label_target_puts_label_after_rationale(spm8k):

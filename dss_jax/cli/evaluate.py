@@ -24,12 +24,16 @@ def evaluate_checkpoint(model_dir: str = gin.REQUIRED, split: str = "test", step
     """Evaluate; returns one ``{"task", "split", "step", "num_examples", **metrics}`` per label task."""
     import dataclasses
 
-    from dss_jax import evaluation, hardware, metrics_logging, run_dir
+    from dss_jax import evaluation, experiment as experiment_lib, hardware, metrics_logging, run_dir
 
+    if split not in ("train", "validation", "test"):
+        raise experiment_lib.ConfigError(f"evaluate_checkpoint.split = {split!r} is not valid: expected 'train', "
+                                         f"'validation' or 'test'")
     directory = run_dir.RunDir(model_dir)
     experiment, run = directory.read()
     eval_config = dataclasses.replace(run.eval, split=split, max_examples=max_examples)
     experiment.use_vocabulary()
+    experiment.validate_data((split,))
     tasks = experiment.tasks()
     model, params, step, mesh, rules = run_dir.restore_for_inference(
         directory, hardware.resolve(experiment.model), run.mesh, step)

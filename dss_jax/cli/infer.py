@@ -22,9 +22,16 @@ def infer(model_dir: str = gin.REQUIRED, output: str = gin.REQUIRED, split: str 
     """Write predictions; returns the number of lines written."""
     from dss_jax import evaluation, experiment as experiment_lib, hardware, run_dir, storage
 
+    if split not in ("train", "validation", "test"):
+        raise experiment_lib.ConfigError(f"infer.split = {split!r} is not valid: expected 'train', "
+                                         f"'validation' or 'test'")
+    for name, value in (("max_examples", max_examples), ("rationale_max_decode_len", rationale_max_decode_len)):
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise experiment_lib.ConfigError(f"infer.{name} = {value!r} is not valid: expected an integer >= 1")
     directory = run_dir.RunDir(model_dir)
     experiment, run = directory.read()
     experiment.use_vocabulary()
+    experiment.validate_data((split,))
     tasks = experiment.tasks()
     if rationales and tasks.rationale is None:
         raise experiment_lib.ConfigError(f"infer.rationales = True, but the run in {directory} "

@@ -1,10 +1,12 @@
 """Command line of dss_jax.data.
 
-  python -m dss_jax.data stats --benchmark cqa --data_dir DIR [--json] [--lenient]
+  python -m dss_jax.data stats --benchmark cqa --data_dir DIR [--json] [--lenient] [--llm gpt]
   python -m dss_jax.data fetch --yes [--sha256 HEX] [--cache_dir DIR]
   python -m dss_jax.data train_vocab --input a.txt [b.txt ...] --output x.model --vocab_size N
   python -m dss_jax.data train_vocab --embedded      # the embedded benchmark's vocabulary
   python -m dss_jax.data write_embedded --data_dir DIR   # arith/ in the datasets.zip layout
+  python -m dss_jax.data asdiv --xml ASDiv.xml --data_dir DIR [--split asdiv] [--layout svamp]
+  python -m dss_jax.data validate --benchmark cqa [--data_dir DIR] [--llm gpt] [--extra_source svamp:asdiv]
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def _stats(args) -> int:
     if data_dir is None and args.benchmark == embedded.BENCHMARK:
         data_dir = str(embedded.ensure_data_dir())  # the tasks' copy of the embedded benchmark
     try:
-        result = stats.benchmark_stats(args.benchmark, data_dir, args.fraction, args.seed, not args.lenient)
+        result = stats.benchmark_stats(args.benchmark, data_dir, args.fraction, args.seed, not args.lenient, args.llm)
     except (readers.DataFileMissingError, readers.TeacherOutputCountError, readers.BadRowError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -72,6 +74,38 @@ def _write_embedded(args) -> int:
     return 0
 
 
+def _asdiv(args) -> int:
+    from dss_jax.data import asdiv, readers
+
+    try:
+        path = asdiv.write_rows(args.xml, args.data_dir, args.split, args.layout)
+    except (readers.DataFileMissingError, readers.BadRowError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    benchmark = args.layout
+    print(f"{path}\nannotate it: python -m dss_jax.teacher --benchmark {benchmark} --split {args.split} "
+          f"--data_dir {args.data_dir} --out_dir {args.data_dir} ...\n"
+          f"then train with the extra source {benchmark}:{args.split}")
+    return 0
+
+
+def _validate(args) -> int:
+    from dss_jax.data import embedded, readers
+
+    data_dir = args.data_dir
+    if data_dir is None and args.benchmark == embedded.BENCHMARK:
+        data_dir = str(embedded.ensure_data_dir())
+    try:
+        checks = readers.validate_benchmark(
+            args.benchmark, data_dir, args.splits, args.fraction, args.seed, llm=args.llm,
+            extra_sources=args.extra_source, bad_labels="skip" if args.skip_bad_labels else "error")
+    except (readers.DataValidationError, readers.DataFileMissingError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({split: vars(check) for split, check in checks.items()}, indent=1, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dss_jax.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--seed", type=int, default=0, help="seed of the training subsample")
     stats.add_argument("--lenient", action="store_true",
                        help="count teacher-output/row count mismatches instead of failing")
+    stats.add_argument("--llm", default="palm", choices=["palm", "gpt"],
+                       help="teacher outputs: palm (llm/ files) or gpt (gpt-neox/ files, GPT-NeoX rules)")
     stats.set_defaults(run=_stats)
 
     fetch = commands.add_parser("fetch", help="download the paper's datasets.zip into the cache")
@@ -110,6 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     write.add_argument("--seed", type=int, default=0)
     write.add_argument("--teacher_error_rate", type=float, default=0.1)
     write.set_defaults(run=_write_embedded)
+
+    asdiv = commands.add_parser("asdiv", help="ASDiv.xml -> training rows for the teacher step (augmentation)")
+    asdiv.add_argument("--xml", required=True, help="ASDiv.xml (github.com/chaochun/nlu-asdiv-dataset)")
+    asdiv.add_argument("--data_dir", required=True, help="datasets.zip layout folder to write the rows into")
+    asdiv.add_argument("--split", default="asdiv", help="file split name of the rows (letters and digits)")
+    asdiv.add_argument("--layout", default="svamp", choices=["svamp", "asdiv"],
+                       help="svamp: svamp/svamp_<split>.json rows; asdiv: the reference's asdiv/asdiv_<split>.json")
+    asdiv.set_defaults(run=_asdiv)
+
+    validate = commands.add_parser("validate", help="read every split a run uses; one clear error if any is bad")
+    validate.add_argument("--benchmark", required=True, choices=["cqa", "esnli", "anli1", "svamp", "arith"])
+    validate.add_argument("--data_dir", default=None, help="default $DSS_DATA_DIR (arith: the cached copy)")
+    validate.add_argument("--splits", nargs="+", default=["train", "validation", "test"])
+    validate.add_argument("--fraction", type=float, default=1.0)
+    validate.add_argument("--seed", type=int, default=0)
+    validate.add_argument("--llm", default="palm", choices=["palm", "gpt"])
+    validate.add_argument("--extra_source", action="append", default=[], help="benchmark:split[:llm] (repeatable)")
+    validate.add_argument("--skip_bad_labels", action="store_true",
+                          help="count rows whose gold label is outside the label set instead of failing")
+    validate.set_defaults(run=_validate)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Per-split statistics of a benchmark: rows, teacher outputs, parse failures, teacher accuracy.
 
-`python -m dss_jax.data stats --benchmark cqa --data_dir DIR [--json]`.
+`python -m dss_jax.data stats --benchmark cqa --data_dir DIR [--json] [--llm gpt]`.
 """
 from __future__ import annotations
 
@@ -40,12 +40,13 @@ def benchmark_stats(
     fraction: float = 1.0,
     seed: int = 0,
     strict: bool = True,
+    llm: str = "palm",
 ) -> Dict[str, Dict[str, object]]:
-    """{split: stats}; a split whose files are missing gets {"error": message}."""
+    """{split: stats} of teacher `llm`'s outputs; a split whose files are missing gets {"error": message}."""
     result: Dict[str, Dict[str, object]] = {}
     for split in readers.SPLITS:
         try:
-            data = readers.load_split(benchmark, split, data_dir, fraction, seed, strict)
+            data = readers.load_split(benchmark, split, data_dir, fraction, seed, strict, llm)
         except readers.DataFileMissingError as error:
             result[split] = {"error": str(error)}
             continue
