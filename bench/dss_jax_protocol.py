@@ -137,11 +137,12 @@ def pad_batch(inputs, targets, task_ids, np):
 
 def build_model(args, dtype: str):
     import dss_jax
+    from dss_jax import hardware
 
     logits_dot_in_fp32 = dtype == "float32" or args.fp32_logits_dot
     overrides = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
-    config = dss_jax.get_config(args.config, dropout_rate=0.0, dtype=dtype, logits_dot_in_fp32=logits_dot_in_fp32,
-                                **overrides)
+    config = hardware.resolve(dss_jax.get_config(args.config, dropout_rate=0.0, dtype=dtype,
+                                                 logits_dot_in_fp32=logits_dot_in_fp32, **overrides))
     return config, dss_jax.T5(config)
 
 
@@ -213,11 +214,11 @@ def run_decode(args, examples, tok, result):
     import jax
     import numpy as np
 
-    import dss_jax
-    from dss_jax import trainer
+    from dss_jax import decoding
+    from dss_jax.model import init_params
 
     config, model = build_model(args, "bfloat16" if args.mode == "decode_bf16" else "float32")
-    params = trainer.init_params(model, jax.random.PRNGKey(0), ((1, 8), (1, 8)))
+    weights = decoding.prepare_decode_weights(config, init_params(model.config, 0))  # once, as evaluation does
     result["dtype"] = config.dtype
     result["logits_dot_in_fp32"] = config.logits_dot_in_fp32
 
@@ -236,12 +237,12 @@ def run_decode(args, examples, tok, result):
     for name, key, new_tokens, eos in tasks:
         bl = batches_for(key)
         for b in bl:  # compile every input shape first
-            jax.block_until_ready(dss_jax.greedy_decode(model, params, b, new_tokens, eos_id=eos))
+            jax.block_until_ready(decoding.greedy_decode_with_weights(config, weights, b, new_tokens, eos_id=eos))
         pass_times = []
         for rep in range(args.decode_repeats):
             t0 = time.perf_counter()
             for b in bl:
-                out = dss_jax.greedy_decode(model, params, b, new_tokens, eos_id=eos)
+                out = decoding.greedy_decode_with_weights(config, weights, b, new_tokens, eos_id=eos)
             jax.block_until_ready(out)
             pass_times.append(time.perf_counter() - t0)
             log(f"[decode {name}] pass {rep} {pass_times[-1]:.3f}s")

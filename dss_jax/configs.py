@@ -21,6 +21,13 @@ from typing import Any
 MLP_ACTIVATIONS = ("gated-gelu", "relu")
 REMAT_POLICIES = ("none", "full", "minimal")
 ACTIVATION_DTYPES = ("float32", "bfloat16")
+AUTO = "auto"
+# How the model runs, not what it computes (every value gives the same function up to
+# rounding): `dss_jax.hardware.resolve` turns "auto" into a value for the machine, once,
+# in the entrypoint. The model refuses "auto".
+MATMULS = (AUTO, "xla", "cpu", "cpu_fp32")
+DECODE_KERNELS = (AUTO, "stored", "prepared")
+HARDWARE_FIELDS = ("matmul", "mlp_gate_dtype", "decode_cache_dtype", "decode_kernels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +62,18 @@ class T5Config:
     logits_dot_in_fp32: bool = True
     remat_policy: str = "none"  # none | full | minimal
     scan_layers: bool = False
+    # Hardware choices (HARDWARE_FIELDS; docs/model.md has the table). "auto" = decided by
+    # `dss_jax.hardware.resolve(config)` for the machine the entrypoint runs on.
+    # matmul: "xla" (plain einsum, every backend), "cpu" (`dss_jax.cpu_matmul`'s programs for
+    # float32 and bfloat16 products: one CPU device with bf16 matrix units), "cpu_fp32"
+    # (those programs for float32 products only).
+    matmul: str = AUTO
+    mlp_gate_dtype: str = AUTO  # dtype of the gated MLP's gelu(x W0) * (x W1)
+    decode_cache_dtype: str = AUTO  # dtype of the incremental-decoding key/value caches
+    # decode_kernels: "stored" (decoding multiplies the kernels as stored) or "prepared"
+    # (`dss_jax.decoding.prepare_decode_weights` casts them once and the decoder's per-step
+    # kernels are [out, in] copies).
+    decode_kernels: str = AUTO
 
     def __post_init__(self):
         if self.mlp_activation not in MLP_ACTIVATIONS:
@@ -72,6 +91,13 @@ class T5Config:
                       "relative_attention_max_distance"):
             if int(getattr(self, field)) <= 0:
                 raise ValueError(f"{field} must be positive, got {getattr(self, field)!r}")
+        for field in ("mlp_gate_dtype", "decode_cache_dtype"):
+            object.__setattr__(self, field, _dtype_name(getattr(self, field)))
+        for field, allowed in (("matmul", MATMULS), ("decode_kernels", DECODE_KERNELS),
+                               ("mlp_gate_dtype", (AUTO,) + ACTIVATION_DTYPES),
+                               ("decode_cache_dtype", (AUTO,) + ACTIVATION_DTYPES)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
         if not isinstance(self.logits_dot_in_fp32, bool):
             raise ValueError(f"logits_dot_in_fp32 must be a bool, got {self.logits_dot_in_fp32!r}")
         if not 0.0 <= self.dropout_rate < 1.0:
@@ -85,6 +111,11 @@ class T5Config:
     def logits_operand_dtype(self) -> str:
         """The dtype the output layer multiplies in (its result is always float32)."""
         return "float32" if self.logits_dot_in_fp32 else self.dtype
+
+    @property
+    def unresolved_hardware_fields(self) -> tuple[str, ...]:
+        """The hardware choices still "auto" (`dss_jax.hardware.resolve` fills them)."""
+        return tuple(field for field in HARDWARE_FIELDS if getattr(self, field) == AUTO)
 
     @property
     def inner_dim(self) -> int:

@@ -5,15 +5,8 @@ AVX512-BF16) only when the result is float32 and the operands are laid out as
 [M, K] x [K, N] (or, batched, with the contraction on the left operand's last axis).
 Any other bf16 dot (a bf16 result, or a transposed operand, as in the backward products
 autodiff builds) is rewritten into converts and a float32 matmul; float32 dots with a
-transposed operand are also slower than the plain form. Measured on the 2-core dev box
-(Sapphire Rapids, AMX), T5-small shapes, GFLOP/s, ranges over repeated runs:
-
-    product                                    as autodiff writes it   as written here
-    [1280, 1024] x [1024, 512]      (forward)   167-170 (bf16 result)       681-788
-    [1280, 1024] x [512, 1024]^T    (dx)        178-185                     436-621
-    [1280, 512]^T x [1280, 1024]    (dW)        162-172                     472-589
-    [384, 32128] x [512, 32128]^T   (output dx) 102-132                     531-630
-    attention, [24, 256, 64] x [24, 256, 64]^T   75-78 (upcast)              187
+transposed operand are also slower than the plain form (the measured GFLOP/s are in
+docs/speed.md, "Hardware choices").
 
 `matmul(x, kernel, dtype)` is a `jax.custom_vjp` whose forward product and both backward
 products have that form: float32 results cast back to `dtype`, and transposed operands
@@ -22,49 +15,16 @@ otherwise fold a plain transpose into the dot's layout). The kernel gradient com
 the kernel's own dtype (float32 parameters get a float32 gradient). `einsum(spec, a, b)`
 does the same for the two batched attention products in bfloat16.
 
-On the CPU benchmark (bench/, T5 1.1 small, 20 timed steps) the bf16 step went from
-1.69 to 1.10 s with `matmul`; on one shape bucket (three interleaved runs each) `einsum`
-took it from 1.07 to 0.92 s, and `matmul` took the float32 step from 1.69-2.06 s to
-1.46-1.58 s.
-
-`use_for(dtype)` says whether a model should call them: a single CPU device, computing in
-float32, or in bfloat16 on a processor that reports bf16 matrix instructions. Elsewhere
-(accelerators; multi-device meshes, where the flattening would cost collectives) the plain
-einsum is the right program.
+The model uses them when its config says so (`T5Config.matmul` "cpu" or "cpu_fp32", which
+`dss_jax.hardware.resolve` picks for one CPU device); elsewhere (accelerators; multi-device
+meshes, where the flattening would cost collectives) the plain einsum is the right program.
 """
 from __future__ import annotations
 
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp
-
-_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-@functools.cache
-def cpu_has_bf16_matrix_units(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the processor reports AMX-BF16 or AVX512-BF16 (read once from `cpuinfo`)."""
-    try:
-        text = pathlib.Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return any(flag in flags for flag in _BF16_CPU_FLAGS)
-
-
-def use_for(dtype) -> bool:
-    """Whether `matmul` is the fast program for a projection computed in `dtype` here."""
-    if jax.default_backend() != "cpu" or jax.device_count() != 1:
-        return False
-    if jnp.dtype(dtype) == jnp.float32:
-        return True
-    return jnp.dtype(dtype) == jnp.bfloat16 and cpu_has_bf16_matrix_units()
 
 
 def _row_major_permute(a: jax.Array, spec: str, new_spec: str) -> jax.Array:
@@ -95,8 +55,7 @@ def matmul(x: jax.Array, kernel: jax.Array, dtype: str = "bfloat16", result_dtyp
 
 def _matmul_fwd(x, kernel, dtype, result_dtype):
     # The backward pass multiplies by the kernel in `dtype`: keep the forward's cast (one
-    # conversion a step instead of two; bf16 step, one bucket, 0.93 -> 0.88 s) and the
-    # kernel's dtype, for its gradient.
+    # conversion a step instead of two; docs/speed.md) and the kernel's dtype, for its gradient.
     cast = kernel.astype(dtype)
     product = matmul(x, cast, dtype, result_dtype)
     return product, (x, cast, jnp.zeros((0,), kernel.dtype))
@@ -108,8 +67,7 @@ def _matmul_bwd(dtype, result_dtype, residuals, grad):
     grad_rows = grad.reshape(-1, grad.shape[-1]).astype(dtype)
     if jnp.dtype(dtype) == jnp.float32:
         # XLA multiplies by a float32 kernel read transposed in place about as fast as by a
-        # row-major copy, and the copies of every kernel raised the step's temporary memory
-        # by 166 MiB (T5 1.1 small, one bucket: 800 -> 966 MiB).
+        # row-major copy, which would cost memory (docs/speed.md).
         grad_x = jnp.dot(grad_rows, kernel.T)
     else:
         grad_x = _dot(grad_rows, _row_major_transpose(kernel), dtype)  # already in `dtype`

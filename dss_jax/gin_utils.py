@@ -349,7 +349,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from dss_jax import checkpoints, initial_params, run_dir
     from dss_jax.data import readers
 
-    return (experiment.ConfigError, readers.DataValidationError, run_dir.ExperimentMismatchError, run_dir.RunDirLockedError, FileNotFoundError,
+    return (experiment.ConfigError, readers.DataValidationError, readers.BadRowError,
+            run_dir.ExperimentMismatchError, run_dir.RunDirLockedError, FileNotFoundError,
             checkpoints.CheckpointRestoreError, checkpoints.CheckpointDamagedError,
             initial_params.InitialCheckpointError)
 
@@ -366,15 +367,15 @@ def run_entrypoint(prog: str, doc: str | None, argv: Sequence[str] | None, fn,
         check_configuration()
         fn()
     except tuple(codes) as err:
-        print(f"{prog}: {_message(err)}", file=sys.stderr, flush=True)
+        print(f"{prog}: {error_message(err)}", file=sys.stderr, flush=True)
         return codes[type(err)] if type(err) in codes else next(c for t, c in codes.items() if isinstance(err, t))
     except user_errors() as err:
-        print(f"{prog}: error: {_message(err)}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: {error_message(err)}", file=sys.stderr, flush=True)
         return 2
     return 0
 
 
-def _message(err: BaseException) -> str:
+def error_message(err: BaseException) -> str:
     """The error's text without the lines gin appends about the configurable it was raised in."""
     lines = [line for line in str(err).splitlines() if not line.strip().startswith("In call to configurable")]
     return "\n".join(lines).strip()

@@ -29,6 +29,12 @@ Packed inputs: `*_segment_ids` restrict attention to the same segment (0 = paddi
 bias. For standard packing (positions restart at 0 and count up in each segment) the
 positions are redundant: leaving them out gives the same logits and is cheaper, since the
 bias is then shared across the batch.
+
+How the model runs on a machine (which matmul programs, the MLP gate's and the decode
+caches' dtypes, decode-time kernel copies) is the config's hardware fields
+(`configs.HARDWARE_FIELDS`), set by `dss_jax.hardware.resolve` in the entrypoint: the
+model reads nothing from the process, and refuses to run a config still holding "auto"
+(parameters can be created from one: they do not depend on these choices).
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dss_jax import cpu_matmul
+from dss_jax import cpu_matmul, hardware
 from dss_jax.configs import T5Config
 
 Array = jax.Array
@@ -51,6 +57,35 @@ MASK_VALUE = -1e10  # added to attention logits of masked pairs (float32)
 
 def _dtype(name: str) -> jnp.dtype:
     return jnp.dtype(name)
+
+
+def _runs_cpu_program(matmul: str, dtype) -> bool:
+    """Whether a product with `dtype` operands is one of `dss_jax.cpu_matmul`'s programs
+    under the config's `matmul` choice."""
+    dtype = jnp.dtype(dtype)
+    if matmul == "cpu":
+        return dtype in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+    return matmul == "cpu_fp32" and dtype == jnp.dtype(jnp.float32)
+
+
+def require_resolved(config: T5Config) -> None:
+    """Raise unless every hardware choice of `config` is explicit (none is "auto")."""
+    unresolved = config.unresolved_hardware_fields
+    if unresolved:
+        values = ", ".join(f"{field}={getattr(config, field)!r}" for field in unresolved)
+        raise ValueError(f"T5Config hardware choices are unresolved ({values}): call "
+                         f"`config = dss_jax.hardware.resolve(config)` once in the entrypoint before building "
+                         f"the model, or set them explicitly (e.g. matmul='xla', decode_kernels='stored')")
+
+
+def _program_config(config: T5Config, initializing: bool) -> T5Config:
+    """The config the layers run: `config` itself, which must be resolved, or while
+    parameters are created (which do not depend on the hardware choices) any "auto"
+    replaced by the portable accelerator choice."""
+    if initializing:
+        return hardware.portable(config)
+    require_resolved(config)
+    return config
 
 
 def _constrain(x: Array, names: tuple[str, ...]) -> Array:
@@ -137,35 +172,30 @@ class RMSNorm(nn.Module):
 
 
 class Dense(nn.Module):
-    """Bias-free projection of the last axis with a 2-D kernel [in, out]."""
+    """Bias-free projection of the last axis with a 2-D kernel [in, out].
+
+    `matmul`: the config's choice of program (`_runs_cpu_program`: `cpu_matmul.matmul`, the
+    same math laid out the way XLA CPU multiplies fastest; otherwise a plain einsum).
+    `step_kernel_copy`: on every incremental-decoding step (`decode_step=True`) multiply by
+    an [out, in] copy of the kernel kept in the "cache" collection, made on the first step
+    (the config's `decode_kernels="prepared"`; timings in docs/speed.md)."""
 
     features: int
     kernel_axes: tuple[str, str]
     kernel_init: Callable
     dtype: str
     param_dtype: str
+    matmul: str = "xla"
+    step_kernel_copy: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, decode_step: bool = False, float32_result: bool = False) -> Array:
-        """The product in `dtype`, or in float32 with `float32_result` (for a consumer that
-        computes in float32: on CPU that skips a rounding and a cast, since the product is
-        float32 before it is cast).
-
-        `decode_step`: the projection runs on every incremental-decoding step. Where
-        `_transposed_decode_kernels()` (CPU), keep a copy of the kernel as [out, in] in the
-        "cache" collection, made on the first step, and multiply with it on every step. On
-        CPU a [batch, in] x [in, out] matmul with a small batch runs 1.5-3x slower than the
-        same product computed as [out, in] x [in, batch] (measured with T5-small shapes:
-        the output layer 8.0 -> 2.8 ms, 24 [512, 1024] kernels 6.7 -> 4.3 ms).
-
-        Otherwise, on one CPU device, the product is `cpu_matmul.matmul`: the same math
-        with a forward and backward pass laid out the way XLA CPU multiplies fastest (in
-        bfloat16: on the bf16 matrix units, which autodiff's products never reach)."""
+    def __call__(self, x: Array, decode_step: bool = False, result_dtype: Optional[str] = None) -> Array:
+        """The product computed in `dtype`, returned in `result_dtype` (default `dtype`)."""
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                             (x.shape[-1], self.features), _dtype(self.param_dtype))
         dtype = _dtype(self.dtype)
-        result_dtype = jnp.dtype(jnp.float32) if float32_result else dtype
-        if decode_step and _transposed_decode_kernels():
+        result_dtype = dtype if result_dtype is None else _dtype(result_dtype)
+        if decode_step and self.step_kernel_copy:
             transposed = self.variable("cache", "kernel_transposed",
                                        lambda: jax.lax.optimization_barrier(jnp.transpose(kernel.astype(dtype))))
             rows = x.reshape(-1, x.shape[-1]).astype(dtype)
@@ -175,7 +205,7 @@ class Dense(nn.Module):
             y = jax.lax.optimization_barrier(
                 jnp.einsum("fd,bd->fb", transposed.value, rows, preferred_element_type=jnp.float32))
             return jnp.transpose(y).astype(result_dtype).reshape(x.shape[:-1] + (self.features,))
-        if cpu_matmul.use_for(dtype):
+        if _runs_cpu_program(self.matmul, dtype):
             return cpu_matmul.matmul(x, kernel, dtype.name, result_dtype.name)
         return jnp.einsum("...d,df->...f", x.astype(dtype), kernel.astype(dtype)).astype(result_dtype)
 
@@ -254,15 +284,16 @@ def _heads_major(x: Array) -> Array:
 
 def dot_product_attention(query: Array, key: Array, value: Array, bias: Array, *,
                           dropout_rate: float, deterministic: bool, dropout_rng_module: nn.Module,
-                          dtype, heads_major_kv: bool = False) -> Array:
+                          dtype, heads_major_kv: bool = False, matmul: str = "xla") -> Array:
     """softmax(q.k + bias) v, scores accumulated and normalised in float32.
 
     q [B, Lq, H, D]; k/v [B, Lk, H, D], or [B, H, Lk, D] with `heads_major_kv` (the decode
     caches: in that layout the batched matmuls read them in place, with no per-step
-    transpose of the whole cache). Output [B, Lq, H, D].
+    transpose of the whole cache). Output [B, Lq, H, D]. In bfloat16 under the config's
+    `matmul="cpu"`, the two products (not the decode steps') are `cpu_matmul.einsum`.
     """
     kv = "bhkd" if heads_major_kv else "bkhd"
-    bf16_cpu = cpu_matmul.use_for(dtype) and dtype == jnp.bfloat16 and not heads_major_kv
+    bf16_cpu = _runs_cpu_program(matmul, dtype) and dtype == jnp.bfloat16 and not heads_major_kv
     if bf16_cpu:
         logits = cpu_matmul.einsum(f"bqhd,{kv}->bhqk", query, key)
     else:
@@ -277,11 +308,12 @@ def dot_product_attention(query: Array, key: Array, value: Array, bias: Array, *
     return jnp.einsum(f"bhqk,{kv}->bqhd", weights.astype(value.dtype), value).astype(dtype)
 
 
-def _cache_dtype(dtype) -> jnp.dtype:
-    """Decode caches are float32 on CPU: XLA CPU runs the one-token attention products on
-    bfloat16 caches by converting the whole caches to float32 on every step (measured, T5
-    1.1 small, batch 16: 21 of 38 ms a step), and float32 caches need no conversion."""
-    return jnp.dtype(jnp.float32) if jax.default_backend() == "cpu" else jnp.dtype(dtype)
+def _dense(cfg: T5Config, features: int, kernel_axes: tuple[str, str], init: Callable, name: str,
+           dtype: Optional[str] = None) -> Dense:
+    """A `Dense` layer of the model computing in `dtype` (default the activation dtype)
+    with the config's matmul program and decode-step kernel copies."""
+    return Dense(features, kernel_axes, init, dtype or cfg.dtype, cfg.param_dtype, matmul=cfg.matmul,
+                 step_kernel_copy=cfg.decode_kernels == "prepared", name=name)
 
 
 class Attention(nn.Module):
@@ -291,7 +323,7 @@ class Attention(nn.Module):
     and writes the new step at `decode_position`. Cross-attention in decode mode computes
     the encoder keys/values on the first step, stores them as [B, H, L_enc, D] and reuses
     them afterwards. Caches are heads-major so that each step's attention matmuls read
-    them without transposing them (measured: the transposes were 40 % of a T5-small step).
+    them without transposing them.
     """
 
     config: T5Config
@@ -302,8 +334,7 @@ class Attention(nn.Module):
     def _project(self, name: str, x: Array, init: Callable, decode_step: bool = False) -> Array:
         """x times the named kernel, split into heads [B, L, H, D] (`decode_step`: see `Dense`)."""
         cfg = self.config
-        y = Dense(cfg.inner_dim, ("embed", "joined_kv"), init, cfg.dtype, cfg.param_dtype, name=name)(
-            x, decode_step=decode_step)
+        y = _dense(cfg, cfg.inner_dim, ("embed", "joined_kv"), init, name)(x, decode_step=decode_step)
         return _constrain(_split_heads(y, cfg.num_heads), ("batch", "length", "heads", "kv"))
 
     @nn.compact
@@ -320,11 +351,10 @@ class Attention(nn.Module):
                 key, value = self._update_self_cache(key, value, decode_position, max_decode_length)
         out = dot_product_attention(query, key, value, bias, dropout_rate=cfg.dropout_rate,
                                     deterministic=self.deterministic, dropout_rng_module=self,
-                                    dtype=_dtype(cfg.dtype), heads_major_kv=self.decode)
+                                    dtype=_dtype(cfg.dtype), heads_major_kv=self.decode, matmul=cfg.matmul)
         out = _constrain(out, ("batch", "length", "heads", "kv"))
         out = out.reshape(out.shape[:-2] + (cfg.inner_dim,))
-        return Dense(cfg.d_model, ("joined_kv", "embed"), _KERNEL_INIT, cfg.dtype, cfg.param_dtype,
-                     name="out")(out, decode_step=self.decode)
+        return _dense(cfg, cfg.d_model, ("joined_kv", "embed"), _KERNEL_INIT, "out")(out, decode_step=self.decode)
 
     def _update_self_cache(self, key, value, decode_position, max_decode_length):
         if decode_position is None or max_decode_length is None:
@@ -333,7 +363,7 @@ class Attention(nn.Module):
         if step_length != 1:
             raise ValueError(f"incremental decoding takes one token per step, got {step_length}")
         shape = (batch, heads, max_decode_length, depth)
-        dtype = _cache_dtype(key.dtype)
+        dtype = _dtype(self.config.decode_cache_dtype)
         cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
         start = (0, 0, decode_position, 0)
@@ -349,7 +379,7 @@ class Attention(nn.Module):
                     self.get_variable("cache", "cached_cross_value"))
         key = _heads_major(self._project("key", encoded, _KERNEL_INIT))
         value = _heads_major(self._project("value", encoded, _KERNEL_INIT))
-        dtype = _cache_dtype(key.dtype)
+        dtype = _dtype(self.config.decode_cache_dtype)
         key, value = key.astype(dtype), value.astype(dtype)
         self.put_variable("cache", "cached_cross_key", key)
         self.put_variable("cache", "cached_cross_value", value)
@@ -367,22 +397,21 @@ class MLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
 
-        def dense_in(name, float32_result=False):
-            return Dense(cfg.d_ff, ("embed", "mlp"), _MLP_INIT, cfg.dtype, cfg.param_dtype, name=name)(
-                x, decode_step=self.decode, float32_result=float32_result)
+        def dense_in(name, result_dtype=None):
+            return _dense(cfg, cfg.d_ff, ("embed", "mlp"), _MLP_INIT, name)(
+                x, decode_step=self.decode, result_dtype=result_dtype)
 
         if cfg.is_gated:
-            # The gate in float32, cast once: XLA CPU computes bfloat16 elementwise math by
-            # converting every operation (T5 1.1 small encoder layer, 1072 tokens: 2.4 ->
-            # 0.8 ms), and float32 is also the more exact gate.
-            gate = jax.nn.gelu(dense_in("wi_0", True), approximate=True) * dense_in("wi_1", True)
+            # The gate in the config's `mlp_gate_dtype`, from the products returned in it,
+            # then cast once to the activation dtype.
+            gate_dtype = cfg.mlp_gate_dtype
+            gate = jax.nn.gelu(dense_in("wi_0", gate_dtype), approximate=True) * dense_in("wi_1", gate_dtype)
             hidden = gate.astype(_dtype(cfg.dtype))
         else:
             hidden = jax.nn.relu(dense_in("wi"))
         hidden = _constrain(hidden, ("batch", "length", "mlp"))
         hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=self.deterministic)
-        return Dense(cfg.d_model, ("mlp", "embed"), _MLP_INIT, cfg.dtype, cfg.param_dtype, name="wo")(
-            hidden, decode_step=self.decode)
+        return _dense(cfg, cfg.d_model, ("mlp", "embed"), _MLP_INIT, "wo")(hidden, decode_step=self.decode)
 
 
 def _norm(cfg: T5Config, name: str) -> RMSNorm:
@@ -535,26 +564,20 @@ class Decoder(nn.Module):
         if cfg.tie_word_embeddings:
             logits = self.shared_embedding.attend(x, cfg.logits_operand_dtype)
         else:
-            logits = Dense(cfg.vocab_size, ("embed", "vocab"), _MLP_INIT, cfg.logits_operand_dtype,
-                           cfg.param_dtype, name="logits_dense")(x, decode_step=decode, float32_result=True)
+            logits = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), _MLP_INIT, "logits_dense",
+                            dtype=cfg.logits_operand_dtype)(x, decode_step=decode, result_dtype="float32")
         return _constrain(logits, ("batch", "length", "vocab"))
 
 
-def _transposed_decode_kernels() -> bool:
-    """Whether incremental decoding caches [out, in] copies of the decoder's per-step
-    kernels (`Dense`, `decode_step=True`): on CPU only, where it pays (T5-small, batch 16,
-    the 2-core dev box: 31 -> 27 ms a step); on accelerators the matmuls are fast either way and the copies
-    would only cost memory (the decoder's weights once more)."""
-    return jax.default_backend() == "cpu"
-
-
 class T5(nn.Module):
-    """T5 encoder-decoder. `__call__` returns float32 logits [batch, decoder_length, vocab]."""
+    """T5 encoder-decoder. `__call__` returns float32 logits [batch, decoder_length, vocab].
+
+    Applying it needs a resolved config (`dss_jax.hardware.resolve`); `init` does not."""
 
     config: T5Config
 
     def setup(self):
-        cfg = self.config
+        cfg = _program_config(self.config, self.is_initializing())
         self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, cfg.dtype, cfg.param_dtype)
         self.encoder = Encoder(cfg, shared_embedding=self.token_embedder)
         self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
@@ -648,10 +671,9 @@ def unstack_layers(params: dict, config: T5Config) -> dict:
 def kernels_in_compute_dtype(params: dict, config: T5Config) -> dict:
     """`params` with every projection kernel cast to the dtype the model multiplies it in:
     `config.dtype`, or `config.logits_operand_dtype` for the output layer's (`logits_dense`,
-    float32 unless `logits_dot_in_fp32=False`). The model casts them
-    itself on every call, so the outputs are bitwise the same; for inference on fixed
-    parameters, where the per-call casts are wasted work (T5 1.1 small in bf16, batch 16:
-    about 38 ms of a 16-token decoding call). Everything else keeps its dtype."""
+    float32 unless `logits_dot_in_fp32=False`). The model casts them itself on every
+    call, so the outputs are bitwise the same; for inference on fixed parameters, where
+    the per-call casts are wasted work (docs/speed.md). Everything else keeps its dtype."""
 
     def cast(path, leaf):
         names = [getattr(entry, "key", None) for entry in path]

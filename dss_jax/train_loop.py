@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import jax
 
 from dss_jax import checkpoints, evaluation, experiment as experiment_lib, input_pipeline, metrics_logging
-from dss_jax import compiled_steps, partitioning, run_dir, trainer
+from dss_jax import compiled_steps, hardware, partitioning, run_dir, trainer
 from dss_jax.model import T5
 
 INIT_SHAPES = ((1, 1), (1, 1))
@@ -54,7 +54,7 @@ class Components:
         """``model_config``: the hardware-resolved model config (default ``experiment.model``)."""
         tasks = experiment.tasks()
         input_pipeline.check_vocabulary_fits(experiment.model.vocab_size, tasks.train)
-        model = T5(model_config or experiment.model)
+        model = T5(model_config or hardware.resolve(experiment.model))
         mesh = partitioning.make_mesh(*mesh_config.shape)
         rules = partitioning.logical_axis_rules(fsdp=mesh_config.fsdp)
         optimizer = experiment.optimizer.build()

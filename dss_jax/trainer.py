@@ -22,6 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dss_jax import losses, partitioning
+from dss_jax import model as model_lib
 
 PACKING_FEATURES = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions")
 SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
@@ -148,27 +149,16 @@ def make_optimizer(name: str = "adamw", learning_rate: float = 5e-5, schedule: s
 # ----------------------------------------------------------------------------- state
 
 
-def _input_arrays(input_shapes) -> tuple[jnp.ndarray, jnp.ndarray]:
-    if isinstance(input_shapes, Mapping):
-        enc, dec = input_shapes["encoder_input_tokens"], input_shapes["decoder_input_tokens"]
-    else:
-        enc, dec = input_shapes
-    return jnp.ones(tuple(enc), jnp.int32), jnp.ones(tuple(dec), jnp.int32)
-
-
-def init_params(model: nn.Module, rng: jnp.ndarray, input_shapes) -> Any:
-    """Random parameters of ``model`` (unboxed from their logical-partitioning metadata)."""
-    enc, dec = _input_arrays(input_shapes)
-    variables = model.init(rng, enc, dec, enable_dropout=False)
-    return nn.meta.unbox(variables["params"])
-
-
 def init_train_state(model: nn.Module, optimizer: optax.GradientTransformation, rng: jnp.ndarray,
                      input_shapes, params: Any | None = None) -> TrainState:
-    """Step 0 state; random params unless ``params`` (e.g. from a Hugging Face checkpoint) are given."""
+    """Step 0 state; random params unless ``params`` (e.g. from a Hugging Face checkpoint) are given.
+
+    ``input_shapes`` are accepted for the callers' convenience; T5's parameters do not depend on them.
+    """
+    del input_shapes
     init_rng, state_rng = jax.random.split(rng)
     if params is None:
-        params = init_params(model, init_rng, input_shapes)
+        params = nn.meta.unbox(model_lib.init_variables(model.config, init_rng)["params"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       rng=state_rng)
 

@@ -1,15 +1,32 @@
-"""Helpers shared by the model tests: tiny configs and parameters drawn with numpy."""
+"""Helpers shared by the model tests: tiny configs, the model's programs, parameters drawn with numpy."""
 import functools
 
 import jax
 import numpy as np
 
 import dss_jax
+from dss_jax import hardware
 from dss_jax.model import abstract_params
+
+# The programs a config can resolve to, by the machine `hardware.resolve` is told about:
+# the accelerators' (plain einsum, caches and gate in the activation dtype, kernels as
+# stored) and one CPU device's, with and without bf16 matrix units. All run on this CPU.
+PROGRAMS = {
+    "accelerator": dict(backend="gpu", num_devices=1),
+    "cpu": dict(backend="cpu", num_devices=1, bf16_matrix_units=True),
+    "cpu_fp32": dict(backend="cpu", num_devices=1, bf16_matrix_units=False),
+}
+
+
+def program_config(config, program):
+    """`config` resolved for the named entry of `PROGRAMS`."""
+    return hardware.resolve(config, **PROGRAMS[program])
 
 
 def tiny_config(name="t5_1_1_tiny", **overrides):
-    return dss_jax.get_config(name, dropout_rate=0.0, **overrides)
+    """The named config without dropout, resolved for this process's machine (as an
+    entrypoint would)."""
+    return hardware.resolve(dss_jax.get_config(name, **{"dropout_rate": 0.0, **overrides}))
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,5 +1,6 @@
 """The CPU matmul programs (dss_jax.cpu_matmul): same values and gradients as the plain
-einsum, bfloat16 dots that XLA runs natively, and the decision of when to use them."""
+einsum, and bfloat16 dots that XLA runs natively (when the model uses them:
+tests/test_model_hardware.py)."""
 import re
 
 import jax
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dss_jax import cpu_matmul
+from dss_jax import cpu_matmul, hardware
 
 ATTENTION_SPECS = ["bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd", "bqhd,bhkd->bhqk", "bhqk,bhkd->bqhd"]
 
@@ -81,7 +82,7 @@ def _dot_operand_types(hlo_text: str) -> list[tuple[str, ...]]:
     return types
 
 
-@pytest.mark.skipif(not cpu_matmul.cpu_has_bf16_matrix_units(), reason="CPU reports no bf16 matrix units")
+@pytest.mark.skipif(not hardware.cpu_has_bf16_matrix_units(), reason="CPU reports no bf16 matrix units")
 def test_bfloat16_forward_and_backward_dots_run_natively_in_bfloat16():
     """No dot of a bf16 layer's training step is rewritten into convert + float32 matmul."""
     x = _random(0, (4, 32, 64), jnp.bfloat16)
@@ -101,15 +102,15 @@ def test_bfloat16_forward_and_backward_dots_run_natively_in_bfloat16():
     jax.block_until_ready(grad(x, kernel, q, k))  # and XLA can run them
 
 
-@pytest.mark.skipif(not cpu_matmul.cpu_has_bf16_matrix_units(), reason="CPU reports no bf16 matrix units")
+@pytest.mark.skipif(not hardware.cpu_has_bf16_matrix_units(), reason="CPU reports no bf16 matrix units")
 @pytest.mark.parametrize("logits_dot_in_fp32", [True, False])
 def test_a_bfloat16_t5_training_step_multiplies_in_float32_only_in_a_float32_output_layer(logits_dot_in_fp32):
     import dss_jax
     from dss_jax.model import T5
-    from model_support import random_params
+    from model_support import program_config, random_params
 
-    config = dss_jax.get_config("t5_1_1_tiny", dropout_rate=0.0, dtype="bfloat16",
-                                logits_dot_in_fp32=logits_dot_in_fp32)
+    config = program_config(dss_jax.get_config("t5_1_1_tiny", dropout_rate=0.0, dtype="bfloat16",
+                                               logits_dot_in_fp32=logits_dot_in_fp32), "cpu")
     tokens = np.arange(2, 2 + 2 * 6, dtype=np.int32).reshape(2, 6)
 
     def loss(params):
@@ -120,20 +121,3 @@ def test_a_bfloat16_t5_training_step_multiplies_in_float32_only_in_a_float32_out
     float32_dots = [t for t in _dot_operand_types(hlo) if t != ("bf16", "bf16")]
     # the output layer's product and its two gradients
     assert len(float32_dots) == (3 if logits_dot_in_fp32 else 0), float32_dots
-
-
-def test_bf16_matrix_units_are_read_from_the_cpu_flags(tmp_path):
-    with_amx = tmp_path / "amx"
-    with_amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_tile amx_bf16\n")
-    without = tmp_path / "plain"
-    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
-    assert cpu_matmul.cpu_has_bf16_matrix_units(str(with_amx))
-    assert not cpu_matmul.cpu_has_bf16_matrix_units(str(without))
-    assert not cpu_matmul.cpu_has_bf16_matrix_units(str(tmp_path / "missing"))
-
-
-def test_used_for_float32_on_one_cpu_device_but_not_for_other_dtypes():
-    assert jax.default_backend() == "cpu" and jax.device_count() == 1
-    assert cpu_matmul.use_for("float32")
-    assert cpu_matmul.use_for("bfloat16") == cpu_matmul.cpu_has_bf16_matrix_units()
-    assert not cpu_matmul.use_for("float16")

@@ -1,8 +1,6 @@
 """The pieces `dss_jax.decoding` builds greedy decoding from: `first_argmax` and the
-per-parameter-set `decode_weights` (kernels cast once, per-step kernel copies)."""
-import gc
-import weakref
-
+explicit `DecodeWeights` a caller prepares once per parameter set (kernels cast once,
+per-step kernel copies)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +11,7 @@ import dss_jax
 import dss_jax.model as model_module
 from dss_jax import decoding
 from dss_jax.model import T5
-from model_support import random_params, tiny_config
+from model_support import program_config, random_params, tiny_config
 
 MAX_LEN = 6
 _first_argmax = jax.jit(decoding.first_argmax)
@@ -51,24 +49,18 @@ def _jax_params():
     return jax.tree_util.tree_map(jnp.asarray, random_params("t5_1_1_tiny"))
 
 
-def test_decode_weights_are_made_once_per_parameter_set():
-    config = tiny_config(dtype="bfloat16")
-    params = _jax_params()
-    first = decoding.decode_weights(config, params)
-    assert decoding.decode_weights(config, params) is first
-    copied = jax.tree_util.tree_map(lambda leaf: leaf + 0, params)
-    again = decoding.decode_weights(config, copied)
-    assert again.params is not first.params and again.step_kernels is not first.step_kernels
-    jax.tree_util.tree_map(np.testing.assert_array_equal, again, first)
+def _prepared(**overrides):
+    return tiny_config(**overrides).replace(decode_kernels="prepared")
 
 
-def test_decode_weights_hold_only_the_decoders_transposed_step_kernels():
-    config = tiny_config(dtype="bfloat16")
+def test_prepared_decode_weights_hold_only_the_decoders_transposed_step_kernels():
+    config = _prepared(dtype="bfloat16")
     params = _jax_params()
-    weights = decoding.decode_weights(config, params)
+    weights = decoding.prepare_decode_weights(config, params)
     steps = weights.step_kernels
     paths = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(steps)}
     assert paths and all(path.endswith("['kernel_transposed']") for path in paths)
+    assert all(path.startswith("['decoder']") for path in paths)
     logits = steps["decoder"]["logits_dense"]["kernel_transposed"]
     np.testing.assert_array_equal(logits, params["decoder"]["logits_dense"]["kernel"].T)
     wo = steps["decoder"]["layers_0"]["mlp"]["wo"]["kernel_transposed"]
@@ -76,9 +68,9 @@ def test_decode_weights_hold_only_the_decoders_transposed_step_kernels():
     np.testing.assert_array_equal(wo, params["decoder"]["layers_0"]["mlp"]["wo"]["kernel"].T.astype(jnp.bfloat16))
 
 
-def test_in_bfloat16_decode_weights_hold_the_kernels_cast_once_and_the_rest_as_stored():
+def test_in_bfloat16_prepared_weights_hold_the_kernels_cast_once_and_the_rest_as_stored():
     params = _jax_params()
-    cast = decoding.decode_weights(tiny_config(dtype="bfloat16"), params).params
+    cast = decoding.prepare_decode_weights(_prepared(dtype="bfloat16"), params).params
     assert cast["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].dtype == jnp.bfloat16
     assert cast["decoder"]["layers_1"]["encoder_decoder_attention"]["key"]["kernel"].dtype == jnp.bfloat16
     assert cast["decoder"]["logits_dense"]["kernel"].dtype == jnp.float32  # the float32 output layer
@@ -88,15 +80,20 @@ def test_in_bfloat16_decode_weights_hold_the_kernels_cast_once_and_the_rest_as_s
 
 def test_a_bfloat16_output_layer_gets_its_kernel_cast_once_too():
     params = _jax_params()
-    config = tiny_config(dtype="bfloat16", logits_dot_in_fp32=False)
-    weights = decoding.decode_weights(config, params)
+    weights = decoding.prepare_decode_weights(_prepared(dtype="bfloat16", logits_dot_in_fp32=False), params)
     assert weights.params["decoder"]["logits_dense"]["kernel"].dtype == jnp.bfloat16
     assert weights.step_kernels["decoder"]["logits_dense"]["kernel_transposed"].dtype == jnp.bfloat16
 
 
-def test_in_float32_decoding_uses_the_parameters_as_passed():
+def test_in_float32_prepared_weights_use_the_parameters_as_passed():
     params = _jax_params()
-    assert decoding.decode_weights(tiny_config(), params).params is params
+    assert decoding.prepare_decode_weights(_prepared(), params).params is params
+
+
+def test_stored_decode_weights_are_the_parameters_alone():
+    params = _jax_params()
+    weights = decoding.prepare_decode_weights(tiny_config(dtype="bfloat16").replace(decode_kernels="stored"), params)
+    assert weights.params is params and weights.step_kernels == {}
 
 
 @pytest.mark.parametrize("logits_dot_in_fp32", [True, False])
@@ -111,34 +108,33 @@ def test_kernels_cast_to_the_compute_dtype_give_bitwise_the_same_bfloat16_forwar
     np.testing.assert_array_equal(forward(cast), forward(params))
 
 
-def test_remembered_decode_weights_do_not_keep_the_parameters_alive():
+def _tokens():
+    return np.random.RandomState(0).randint(2, 128, size=(2, 7)).astype(np.int32)
+
+
+def test_decoding_with_weights_prepared_once_equals_greedy_decode():
+    config = tiny_config(dtype="bfloat16")
     params = _jax_params()
-    decoding.decode_weights(tiny_config(), params)
-    leaf = weakref.ref(params["decoder"]["logits_dense"]["kernel"])
-    del params
-    gc.collect()
-    assert leaf() is None
+    weights = decoding.prepare_decode_weights(config, params)
+    once = decoding.greedy_decode_with_weights(config, weights, _tokens(), MAX_LEN)
+    np.testing.assert_array_equal(once, dss_jax.greedy_decode(T5(config), params, _tokens(), MAX_LEN))
 
 
-def test_greedy_decode_takes_numpy_parameters_without_remembering_them():
+def test_greedy_decode_takes_numpy_parameters():
     config = tiny_config()
-    numpy_params = random_params("t5_1_1_tiny")
-    tokens = np.random.RandomState(0).randint(2, 128, size=(2, 7)).astype(np.int32)
-    from_numpy = dss_jax.greedy_decode(T5(config), numpy_params, tokens, MAX_LEN)
-    from_jax = dss_jax.greedy_decode(T5(config), _jax_params(), tokens, MAX_LEN)
-    np.testing.assert_array_equal(from_numpy, from_jax)
+    from_numpy = dss_jax.greedy_decode(T5(config), random_params("t5_1_1_tiny"), _tokens(), MAX_LEN)
+    np.testing.assert_array_equal(from_numpy, dss_jax.greedy_decode(T5(config), _jax_params(), _tokens(), MAX_LEN))
 
 
-def test_without_step_kernel_copies_decode_weights_are_empty_and_decoding_is_unchanged(monkeypatch):
-    config = tiny_config()
+@pytest.mark.parametrize("program", ["accelerator", "cpu", "cpu_fp32"])
+def test_prepared_and_stored_decode_kernels_decode_the_same_tokens(program):
+    config = program_config(dss_jax.get_config("t5_1_1_tiny", dropout_rate=0.0), program)
     params = _jax_params()
-    tokens = np.random.RandomState(0).randint(2, 128, size=(2, 7)).astype(np.int32)
-    with_copies = dss_jax.greedy_decode(T5(config), params, tokens, MAX_LEN)
-    monkeypatch.setattr(model_module, "_transposed_decode_kernels", lambda: False)
-    decoding.compiled_greedy_decode.cache_clear()
-    decoding._compiled_step_kernels.cache_clear()
-    plain_params = jax.tree_util.tree_map(lambda leaf: leaf + 0, params)
-    assert decoding.decode_weights(config, plain_params).step_kernels == {}
-    np.testing.assert_array_equal(dss_jax.greedy_decode(T5(config), plain_params, tokens, MAX_LEN), with_copies)
-    decoding.compiled_greedy_decode.cache_clear()
-    decoding._compiled_step_kernels.cache_clear()
+    tokens = {kind: dss_jax.greedy_decode(T5(config.replace(decode_kernels=kind)), params, _tokens(), MAX_LEN)
+              for kind in ("prepared", "stored")}
+    np.testing.assert_array_equal(tokens["prepared"], tokens["stored"])
+
+
+def test_decode_weights_of_an_unresolved_config_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"hardware\.resolve"):
+        decoding.prepare_decode_weights(dss_jax.get_config("t5_1_1_tiny"), _jax_params())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dss_jax
-from model_support import random_params as _random_params, tiny_config as _config
+from model_support import program_config, random_params as _random_params, tiny_config as _config
 from dss_jax.decoding import compiled_greedy_decode
 from dss_jax.model import T5, stack_layers
 
@@ -56,11 +56,13 @@ def test_cached_step_by_step_logits_equal_the_full_forward(scan_layers):
     np.testing.assert_allclose(logits, full, atol=1e-5, rtol=1e-5)
 
 
-def test_bfloat16_decoding_keeps_float32_caches_on_cpu_and_follows_the_full_forward():
-    logits, cache, full = _step_by_step_and_full_logits(_config(dtype="bfloat16"), _random_params("t5_1_1_tiny"))
+@pytest.mark.parametrize("program,cache_dtype", [("cpu", jnp.float32), ("accelerator", jnp.bfloat16)])
+def test_bfloat16_decoding_keeps_caches_in_the_configured_dtype_and_follows_the_full_forward(program, cache_dtype):
+    config = program_config(dss_jax.get_config("t5_1_1_tiny", dropout_rate=0.0, dtype="bfloat16"), program)
+    logits, cache, full = _step_by_step_and_full_logits(config, _random_params("t5_1_1_tiny"))
     cached = {jax.tree_util.keystr(path): leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(cache)
               if "cached_" in jax.tree_util.keystr(path)}
-    assert cached and all(dtype == jnp.float32 for dtype in cached.values()), cached
+    assert cached and all(dtype == cache_dtype for dtype in cached.values()), cached
     relative_error = np.linalg.norm(np.asarray(logits) - np.asarray(full)) / np.linalg.norm(np.asarray(full))
     assert relative_error < 2e-2, relative_error
 
@@ -156,18 +158,17 @@ def test_decode_mode_rejects_packed_inputs():
                     decode=True, max_decode_length=MAX_LEN, method=T5.decode, mutable=["cache"])
 
 
-def test_transposed_step_kernels_give_the_same_logits_as_the_plain_layout(monkeypatch):
-    """On CPU, decoding multiplies by cached [out, in] copies of the decoder kernels; the
-    accelerator path multiplies by the kernels as stored. Both must give the same step logits."""
-    import dss_jax.model as model_module
-
-    config = _config()
+@pytest.mark.parametrize("program", ["accelerator", "cpu_fp32"])
+def test_transposed_step_kernels_give_the_same_logits_as_the_plain_layout(program):
+    """With `decode_kernels="prepared"` decoding multiplies by cached [out, in] copies of
+    the decoder kernels; with "stored" by the kernels as stored. Both give the same step logits."""
+    config = program_config(dss_jax.get_config("t5_1_1_tiny", dropout_rate=0.0), program)
     params = _random_params("t5_1_1_tiny")
     encoder_tokens = _encoder_tokens()
     decoder_tokens = np.random.RandomState(1).randint(2, 128, size=(3, MAX_LEN)).astype(np.int32)
 
-    def step_logits():
-        model = T5(config)
+    def step_logits(decode_kernels):
+        model = T5(config.replace(decode_kernels=decode_kernels))
         encoded = model.apply({"params": params}, encoder_tokens, method=T5.encode)
         variables, out = {"params": params}, []
         for i in range(MAX_LEN):
@@ -178,10 +179,8 @@ def test_transposed_step_kernels_give_the_same_logits_as_the_plain_layout(monkey
             out.append(logits[:, 0])
         return np.stack(out, 1), mutated["cache"]
 
-    monkeypatch.setattr(model_module, "_transposed_decode_kernels", lambda: True)
-    transposed, cache = step_logits()
+    transposed, cache = step_logits("prepared")
     assert "kernel_transposed" in cache["decoder"]["logits_dense"]
-    monkeypatch.setattr(model_module, "_transposed_decode_kernels", lambda: False)
-    plain, cache = step_logits()
+    plain, cache = step_logits("stored")
     assert "logits_dense" not in cache["decoder"]
     np.testing.assert_allclose(transposed, plain, rtol=1e-5, atol=1e-5)

@@ -1,18 +1,17 @@
-"""The Flax T5's forward pass: layer layouts, packing, remat, dtypes, dropout, axis names.
+"""The Flax T5's forward pass: layer layouts, packing, remat, dtypes, dropout, axis names
+(the sharding constraints on a real mesh: tests/test_model_sharding.py).
 
 Compilation dominates the run time of these tests on CPU, so they share jitted functions
 and make parameters with numpy (`model_support.random_params`) instead of compiling an init.
 """
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-import dss_jax
 from model_support import random_params as _random_params, tiny_config as _config
 from dss_jax.model import T5, abstract_params, init_params, param_logical_axes, stack_layers, unstack_layers
 
@@ -191,7 +190,7 @@ def test_encode_then_decode_equals_the_full_call():
 
 
 def test_dropout_is_active_only_when_enabled():
-    config = dss_jax.get_config("t5_1_1_tiny", dropout_rate=0.3)
+    config = _config(dropout_rate=0.3)
     params = _random_params("t5_1_1_tiny")
     encoder, decoder = _batch()
     model = T5(config)
@@ -209,16 +208,3 @@ def test_token_ids_must_be_integers():
     with pytest.raises(TypeError, match="integers"):
         T5(_config()).apply({"params": _random_params("t5_1_1_tiny")}, encoder.astype(np.float32), decoder,
                             enable_dropout=False)
-
-
-def test_logical_constraints_apply_under_axis_rules():
-    """With a 1-device mesh and rules, the constrained forward runs and gives the same logits."""
-    config = _config()
-    params = _random_params("t5_1_1_tiny")
-    encoder, decoder = _batch()
-    mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    rules = (("batch", "data"), ("mlp", "model"), ("heads", "model"), ("vocab", "model"), ("embed", None),
-             ("length", None), ("kv", None), ("joined_kv", "model"))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        logits = jax.jit(lambda p: T5(config).apply({"params": p}, encoder, decoder, enable_dropout=False))(params)
-    np.testing.assert_allclose(logits, _logits_fn(config)(params, encoder, decoder), atol=1e-5)

@@ -1,4 +1,6 @@
-"""dss_jax's T5 against transformers' T5ForConditionalGeneration (random weights, CPU).
+"""dss_jax's T5 against transformers' T5ForConditionalGeneration (random weights, CPU), in
+each program a config resolves to (`model_support.PROGRAMS`): the accelerators' plain
+einsums and one CPU device's `cpu_matmul` programs (all of them run on this CPU).
 
 Checkpoints are built here with transformers from tiny configs (asymmetric 2+3 layers so
 that a mix-up of encoder and decoder tensors shows), saved with `save_pretrained`, and
@@ -17,6 +19,10 @@ transformers = pytest.importorskip("transformers")
 import dss_jax  # noqa: E402
 from dss_jax import hf_checkpoint  # noqa: E402
 from dss_jax.model import relative_position_bucket  # noqa: E402
+from model_support import program_config  # noqa: E402
+
+FLOAT32_PROGRAMS = ["accelerator", "cpu_fp32"]  # "cpu" runs float32 products as "cpu_fp32" does
+ALL_PROGRAMS = ["accelerator", "cpu", "cpu_fp32"]
 
 VOCAB = 128
 LOGITS_TOLERANCE_FLOAT32 = 1e-4
@@ -72,8 +78,9 @@ def _hf_logits(model, encoder, decoder):
                      decoder_input_ids=torch.tensor(decoder)).logits.numpy()
 
 
-def _our_logits(directory, encoder, decoder, **overrides):
+def _our_logits(directory, encoder, decoder, program, **overrides):
     config, params = dss_jax.load_hf_checkpoint(directory, **overrides)
+    config = program_config(config, program)
     apply = jax.jit(lambda p: dss_jax.T5(config).apply({"params": p}, encoder, decoder, enable_dropout=False))
     return config, np.asarray(apply(params))
 
@@ -90,26 +97,29 @@ def test_loaded_config_follows_checkpoint_style(hf_checkpoint_dir):
     assert (config.num_encoder_layers, config.num_decoder_layers) == (2, 3)
 
 
+@pytest.mark.parametrize("program", FLOAT32_PROGRAMS)
 @pytest.mark.parametrize("scan_layers", [False, True])
-def test_float32_logits_match_transformers_at_real_target_positions(hf_checkpoint_dir, scan_layers):
+def test_float32_logits_match_transformers_at_real_target_positions(hf_checkpoint_dir, scan_layers, program):
     _, directory, model = hf_checkpoint_dir
     encoder, decoder, target_is_real = _padded_batch()
     reference = _hf_logits(model, encoder, decoder)
-    _, ours = _our_logits(directory, encoder, decoder, scan_layers=scan_layers)
+    _, ours = _our_logits(directory, encoder, decoder, program, scan_layers=scan_layers)
     assert np.abs(ours - reference)[target_is_real].max() < LOGITS_TOLERANCE_FLOAT32
 
 
-def test_bfloat16_logits_stay_within_stated_tolerance(hf_checkpoint_dir):
+@pytest.mark.parametrize("program", ALL_PROGRAMS)
+def test_bfloat16_logits_stay_within_stated_tolerance(hf_checkpoint_dir, program):
     _, directory, model = hf_checkpoint_dir
     encoder, decoder, target_is_real = _padded_batch()
     reference = _hf_logits(model, encoder, decoder)[target_is_real]
-    _, ours = _our_logits(directory, encoder, decoder, dtype="bfloat16")
+    _, ours = _our_logits(directory, encoder, decoder, program, dtype="bfloat16")
     ours = ours[target_is_real]
     assert np.abs(ours - reference).mean() / reference.std() < BFLOAT16_MEAN_ERROR_OVER_LOGIT_STD
     assert (ours.argmax(-1) == reference.argmax(-1)).mean() >= BFLOAT16_MIN_ARGMAX_AGREEMENT
 
 
-def test_greedy_decoding_matches_transformers_generate(hf_checkpoint_dir):
+@pytest.mark.parametrize("program", FLOAT32_PROGRAMS)
+def test_greedy_decoding_matches_transformers_generate(hf_checkpoint_dir, program):
     style, directory, model = hf_checkpoint_dir
     encoder, _, _ = _padded_batch()
     with torch.no_grad():
@@ -119,6 +129,7 @@ def test_greedy_decoding_matches_transformers_generate(hf_checkpoint_dir):
     expected = np.zeros((encoder.shape[0], 20), np.int32)
     expected[:, :generated.shape[1] - 1] = generated[:, 1:]  # drop the decoder start token
     config, params = dss_jax.load_hf_checkpoint(directory)
+    config = program_config(config, program)
     ours = np.asarray(dss_jax.greedy_decode(dss_jax.T5(config), params, jnp.asarray(encoder), 20))
     assert len(set(expected.ravel())) >= 5 and (expected[:, 0] != 1).all(), "degenerate reference"
     np.testing.assert_array_equal(ours, expected)

@@ -77,7 +77,9 @@ def test_z_loss_adds_coefficient_times_log_z_squared():
 def tiny_model():
     from dss_jax.model import init_params
 
-    config = get_config("t5_1_1_tiny", dropout_rate=0.0)
+    from dss_jax import hardware
+
+    config = hardware.resolve(get_config("t5_1_1_tiny", dropout_rate=0.0))
     return config, T5(config), init_params(config, 0)
 
 

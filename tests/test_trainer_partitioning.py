@@ -23,7 +23,9 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
     from dss_jax.model import init_params
 
     assert len(jax.devices()) == 8, jax.devices()
-    config = get_config("t5_1_1_tiny", dropout_rate=0.0)
+    from dss_jax import hardware
+
+    config = hardware.resolve(get_config("t5_1_1_tiny", dropout_rate=0.0))
     model = T5(config)
     params0 = init_params(config, 0)
     rng = np.random.default_rng(0)
@@ -132,7 +134,9 @@ def test_a_step_compiled_from_the_abstract_state_runs_on_the_real_state():
     import trainer_support as support
     from dss_jax import T5, get_config, losses, trainer
 
-    model = T5(get_config("t5_1_1_tiny", dropout_rate=0.0))
+    from dss_jax import hardware
+
+    model = T5(hardware.resolve(get_config("t5_1_1_tiny", dropout_rate=0.0)))
     optimizer = trainer.make_optimizer("adamw", 1e-2)
     mesh = partitioning.make_mesh(1, 1, devices=jax.devices()[:1])
     rules = partitioning.logical_axis_rules()
