@@ -35,6 +35,7 @@ setup(
         "tensorboard>=2.21,<2.22",
         "clu>=0.0.12",
         "huggingface_hub>=0.30,<3",
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         "test": [
