@@ -205,10 +205,12 @@ def test_vocabulary_follows_dss_vocab_when_used(monkeypatch, bench_spm_model):
     assert seqio.SentencePieceVocabulary(str(bench_spm_model)) == feature_vocab
 
 
-def test_default_vocabulary_is_t5_public_without_loading_it(monkeypatch):
+def test_default_vocabulary_is_t5_1_1_s_without_loading_it(monkeypatch):
+    """T5 1.1's arrangement: the 100extra file already holds the sentinels, so no extra ids (as T5X)."""
     monkeypatch.delenv("DSS_VOCAB", raising=False)
+    monkeypatch.delenv(vocab.T5_VOCAB_FILE_ENV, raising=False)
     feature_vocab = seqio.get_mixture_or_task("dss_cqa_label_gold").output_features["targets"].vocabulary
-    assert feature_vocab.resolved() == seqio.SentencePieceVocabulary(vocab.T5_VOCAB_PATH, extra_ids=100)
+    assert feature_vocab.resolved() == seqio.SentencePieceVocabulary(vocab.T5_VOCAB_PATH, extra_ids=0)
 
 
 def test_gin_file_can_import_the_tasks():
