@@ -1,8 +1,11 @@
 """Hugging Face T5 checkpoints <-> dss_jax parameters.
 
 `load_hf_checkpoint(path)` reads a directory as `save_pretrained` writes it (config.json
-with model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin) and
-returns `(T5Config, params)`. `export_hf_checkpoint(config, params, path)` writes
+with model.safetensors or a sharded model.safetensors.index.json; else a Flax
+flax_model.msgpack or sharded flax_model.msgpack.index.json, as the google/t5-v1_1-* hub
+repos publish; else pytorch_model.bin, which needs torch) and returns `(T5Config, params)`.
+A Flax checkpoint's tree is renamed to the PyTorch tensor names first, so there is one
+conversion to our parameters. `export_hf_checkpoint(config, params, path)` writes
 config.json + model.safetensors that `transformers.T5ForConditionalGeneration` loads.
 
 Tying and scaling follow the checkpoint, not a library default:
@@ -29,7 +32,13 @@ logger = logging.getLogger(__name__)
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+FLAX_NAME = "flax_model.msgpack"
+FLAX_INDEX_NAME = "flax_model.msgpack.index.json"
 PYTORCH_NAME = "pytorch_model.bin"
+# Weight files in the order they are preferred.
+WEIGHT_NAMES = (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME, FLAX_NAME, FLAX_INDEX_NAME, PYTORCH_NAME)
+# transformers' T5PreTrainedModel.base_model_prefix: a Flax state may be nested under it.
+FLAX_BASE_MODEL_PREFIX = "transformer"
 # Copies of shared.weight that transformers may or may not write.
 EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
@@ -190,20 +199,72 @@ def _read_pytorch_bin(file: pathlib.Path) -> dict[str, np.ndarray]:
     return {name: t.detach().to(torch.float32).numpy() for name, t in state.items()}
 
 
+def _unwrap_flax_state(state: dict, file: pathlib.Path) -> dict:
+    """The parameter dict of a restored Flax state: a `{"params": ...}` variables dict and
+    HF's base-model nesting (`{"transformer": ...}`, unwrapped by FlaxPreTrainedModel) are
+    both taken off."""
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"{file} does not hold a dict of parameters (got {type(state).__name__})")
+    if "params" in state and set(state) <= {"params", "batch_stats"}:
+        state = state["params"]
+    if FLAX_BASE_MODEL_PREFIX in state and "shared" not in state:
+        state = state[FLAX_BASE_MODEL_PREFIX]
+    return state
+
+
+def pytorch_name_from_flax_path(path: tuple[str, ...], value: np.ndarray) -> tuple[str, np.ndarray]:
+    """(PyTorch tensor name, tensor) for one leaf of an HF Flax T5 parameter tree.
+
+    The inverse of transformers' modeling_flax_pytorch_utils renaming: a Dense `kernel` is
+    the transposed Linear `weight`, an Embed `embedding` the Embedding `weight`; T5's
+    layer norm is called `weight` in both. Flax module names are the PyTorch ones
+    (`encoder/block/0/layer/0/SelfAttention/q/kernel`). Other leaves keep their name, so
+    the strict check reports them.
+    """
+    *modules, leaf = path
+    if leaf == "kernel":
+        return ".".join(modules + ["weight"]), value.T
+    if leaf == "embedding":
+        return ".".join(modules + ["weight"]), value
+    return ".".join(path), value
+
+
+def _read_flax_msgpack(file: pathlib.Path) -> dict[str, np.ndarray]:
+    from flax import serialization, traverse_util
+
+    state = _unwrap_flax_state(serialization.msgpack_restore(file.read_bytes()), file)
+    tensors = {}
+    for path, value in traverse_util.flatten_dict(state).items():
+        # float32, bfloat16 and float16 leaves alike (numpy reads bfloat16 through ml_dtypes).
+        name, tensor = pytorch_name_from_flax_path(tuple(str(key) for key in path),
+                                                   np.asarray(value).astype(np.float32, copy=False))
+        tensors[name] = tensor
+    return tensors
+
+
+def _read_sharded(directory: pathlib.Path, index_name: str, read_shard) -> dict[str, np.ndarray]:
+    index = json.loads((directory / index_name).read_text())
+    tensors = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        tensors.update(read_shard(directory / shard))
+    return tensors
+
+
 def read_hf_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a save_pretrained directory, as float32 numpy arrays."""
+    """All tensors of a save_pretrained directory under their PyTorch names, as float32
+    numpy arrays, from the first weight file of `WEIGHT_NAMES` present."""
     directory = pathlib.Path(path)
     if (directory / SAFETENSORS_NAME).is_file():
         return _read_safetensors(directory / SAFETENSORS_NAME)
     if (directory / SAFETENSORS_INDEX_NAME).is_file():
-        index = json.loads((directory / SAFETENSORS_INDEX_NAME).read_text())
-        tensors = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            tensors.update(_read_safetensors(directory / shard))
-        return tensors
+        return _read_sharded(directory, SAFETENSORS_INDEX_NAME, _read_safetensors)
+    if (directory / FLAX_NAME).is_file():
+        return _read_flax_msgpack(directory / FLAX_NAME)
+    if (directory / FLAX_INDEX_NAME).is_file():
+        return _read_sharded(directory, FLAX_INDEX_NAME, _read_flax_msgpack)
     if (directory / PYTORCH_NAME).is_file():
         return _read_pytorch_bin(directory / PYTORCH_NAME)
-    raise FileNotFoundError(f"no {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} or {PYTORCH_NAME} in {directory}")
+    raise FileNotFoundError(f"none of {', '.join(WEIGHT_NAMES)} in {directory}")
 
 
 def _set_path(tree: dict, path: tuple[str, ...], value) -> None:

@@ -10,7 +10,9 @@
   step folder inside it;
 - a Hugging Face model id such as ``google/t5-v1_1-small``, fetched with
   ``huggingface_hub.snapshot_download`` into the hub cache (``HF_HOME`` / ``HF_HUB_CACHE``;
-  with ``HF_HUB_OFFLINE=1`` only the cache is read).
+  with ``HF_HUB_OFFLINE=1`` only the cache is read). One weight format is fetched, the
+  first the model has of safetensors, Flax msgpack (what ``google/t5-v1_1-*`` publish
+  besides PyTorch) and, only when torch is installed, ``pytorch_model.bin``.
 
 The loaded parameters are checked against the model config (shapes, and for Hugging Face
 checkpoints the architecture their config.json describes), laid out as the model wants
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 RANDOM_INIT = "random"
 HF_WEIGHT_PATTERNS = ("config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors")
+HF_FLAX_PATTERNS = ("flax_model.msgpack", "flax_model.msgpack.index.json", "flax_model-*.msgpack")
 HF_PYTORCH_PATTERNS = ("pytorch_model.bin",)
 HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Fields a Hugging Face config.json determines; the model config must agree on each.
@@ -110,7 +113,9 @@ def _is_dss_run(path) -> bool:
 
 
 def _download_hf(repo_id: str) -> str:
-    """A Hugging Face model id's snapshot directory in the hub cache (safetensors preferred)."""
+    """A Hugging Face model id's snapshot directory in the hub cache, holding config.json and
+    the first weight format the model has: safetensors, Flax msgpack, then (needs torch)
+    pytorch_model.bin. Each try fetches only its own files."""
     try:
         import huggingface_hub
     except ImportError as e:
@@ -120,10 +125,14 @@ def _download_hf(repo_id: str) -> str:
     try:
         directory = huggingface_hub.snapshot_download(repo_id, allow_patterns=list(HF_WEIGHT_PATTERNS))
         if not _has_weights(directory):
+            directory = huggingface_hub.snapshot_download(repo_id,
+                                                          allow_patterns=list(HF_WEIGHT_PATTERNS + HF_FLAX_PATTERNS))
+        if not _has_weights(directory):
             if not _torch_available():
                 raise InitialCheckpointError(
-                    f"initial checkpoint {repo_id!r}: the Hugging Face model has no safetensors weights, and "
-                    f"reading its pytorch_model.bin needs torch (pip install torch); {_ways_out()}")
+                    f"initial checkpoint {repo_id!r}: the Hugging Face model has no safetensors weights and no "
+                    f"Flax weights (flax_model.msgpack), and reading its pytorch_model.bin needs torch "
+                    f"(pip install torch); {_ways_out()}")
             directory = huggingface_hub.snapshot_download(
                 repo_id, allow_patterns=list(HF_WEIGHT_PATTERNS + HF_PYTORCH_PATTERNS))
     except InitialCheckpointError:
@@ -134,7 +143,8 @@ def _download_hf(repo_id: str) -> str:
                                      f"fetched{offline}: {type(e).__name__}: {e}; {_ways_out()}") from e
     if not _has_weights(directory):
         raise InitialCheckpointError(f"initial checkpoint {repo_id!r}: the Hugging Face snapshot {directory} holds "
-                                     f"no config.json with model.safetensors or pytorch_model.bin; {_ways_out()}")
+                                     f"no config.json with model.safetensors, flax_model.msgpack or pytorch_model.bin; "
+                                     f"{_ways_out()}")
     return directory
 
 
@@ -154,9 +164,7 @@ def _has_weights(directory: str) -> bool:
     from dss_jax import hf_checkpoint
 
     names = set(os.listdir(directory))
-    return "config.json" in names and bool(names & {hf_checkpoint.SAFETENSORS_NAME,
-                                                     hf_checkpoint.SAFETENSORS_INDEX_NAME,
-                                                     hf_checkpoint.PYTORCH_NAME})
+    return "config.json" in names and bool(names & set(hf_checkpoint.WEIGHT_NAMES))
 
 
 def _read(kind: str, location: str, source: str, abstract_params: Any, model_config: T5Config) -> Any:
