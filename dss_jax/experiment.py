@@ -251,7 +251,8 @@ class Experiment:
 
         kind = input_pipeline.training_kind(input_pipeline.get_provider(self.task))
         mode = {"paired": "paired", "mixture": "per_sequence", "single": "token_mean"}[kind]
-        return TaskSet(self.task, kind, tuple(self.eval_tasks), None, tuple(self.rationale_tasks), mode)
+        rationale = self.rationale_tasks[0] if self.rationale_tasks else None
+        return TaskSet(self.task, kind, tuple(self.eval_tasks), rationale, tuple(self.rationale_tasks), mode)
 
     def validate_data(self, splits: Sequence[str] = ("train", "validation", "test")) -> dict:
         """Reads every split the run will use now, before anything is built: a missing,

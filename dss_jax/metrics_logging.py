@@ -1,13 +1,18 @@
 """Training logs: a tqdm progress bar, TensorBoard summaries and ``MODEL_DIR/metrics.jsonl``.
 
 ``metrics.jsonl`` has one JSON object per line:
-* ``{"kind": "train", "step", "loss", "loss_label", "loss_rationale", "learning_rate",
-  "examples_per_sec", "grad_norm", ...}`` per logged step;
+* ``{"kind": "train", "step", "first_step", "loss", "loss_label", "loss_rationale",
+  "learning_rate", "examples_per_sec", "grad_norm", ...}`` per logged step: the means over
+  steps ``first_step .. step`` (a line ends at every log step and every checkpoint);
 * ``{"kind": "eval", "step", "task", "split", "accuracy", "num_examples", ...}`` per
   evaluated task.
 ``StepMeter`` keeps the train loop's bookkeeping: device metrics of the steps since the
 last log line are fetched only when a line is due (or a checkpoint, to check for NaN/Inf
 first), then averaged, with throughput.
+Each step appears once, with the values of the run that survived: a resumed run drops
+(``drop_after``) the records of the steps after the checkpoint it restored, which it redoes,
+and ``read_metrics`` keeps the last record of each (kind, step, task, split), so an eval
+of the same checkpoint run twice counts once.  A line torn by a kill is skipped.
 Only the chief process (``jax.process_index() == 0``) writes. On cloud storage
 (``gs://``), where files cannot be appended to, the file is rewritten whole at each record.
 """
@@ -23,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping
 from dss_jax import storage
 
 METRICS_FILE = "metrics.jsonl"
+SUPERSEDED_SUFFIX = ".superseded"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,10 +71,15 @@ class StepMeter:
         self._pending = []
 
     def line(self, step: int, learning_rate: float) -> dict:
-        """The mean of every metric over the window since the last line, plus rates; resets the window."""
+        """The mean of every metric over steps ``first_step .. step`` (since the last line), plus rates.
+
+        Resets the window. A resumed run's meter starts at the restored step, so its first
+        line covers only steps of the resumed run.
+        """
         summaries = [summary for _, summary in self._window]
         keys = dict.fromkeys(k for summary in summaries for k in summary)
         out = {k: sum(s[k] for s in summaries if k in s) / sum(1 for s in summaries if k in s) for k in keys}
+        out["first_step"] = self._start_step + 1
         elapsed = max(self._clock() - self._start_time, 1e-9)
         out["learning_rate"] = float(learning_rate)
         out["examples_per_sec"] = sum(item.examples for item, _ in self._window) / elapsed
@@ -90,7 +101,9 @@ class MetricsLogger:
     """Writes train/eval records to metrics.jsonl and TensorBoard and drives the progress bar."""
 
     def __init__(self, model_dir: str | os.PathLike, total_steps: int, start_step: int = 0, *,
-                 is_chief: bool = True, tensorboard: bool = True, progress_bar: bool = True):
+                 is_chief: bool = True, tensorboard: bool = True, progress_bar: bool = True,
+                 drop_after: int | None = None):
+        """``drop_after``: a resumed trainer's restored step; the records of later steps are removed first."""
         self.model_dir = storage.run_path(model_dir)
         self.is_chief = is_chief
         self.path = self.model_dir / METRICS_FILE
@@ -99,6 +112,7 @@ class MetricsLogger:
         if not is_chief:
             return
         self.model_dir.mkdir(parents=True, exist_ok=True)
+        dropped = drop_records_after(self.path, drop_after) if drop_after is not None else 0
         if storage.is_remote(self.path):
             self._file = None
             self._lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
@@ -112,6 +126,9 @@ class MetricsLogger:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        if dropped:
+            self.message(f"{self.path}: dropped {dropped} record(s) of steps after {drop_after}, which this run "
+                         f"redoes (kept in {self.path.name}{SUPERSEDED_SUFFIX})")
 
     def _write(self, record: Mapping[str, Any]) -> None:
         line = json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n"
@@ -129,7 +146,7 @@ class MetricsLogger:
         self._write(record)
         if self._writer is not None:
             self._writer.write_scalars(int(step), {f"train/{k}": float(v) for k, v in metrics.items()
-                                                   if isinstance(v, (int, float))})
+                                                   if isinstance(v, (int, float)) and k != "first_step"})
         if self._bar is not None:
             shown = {k: f"{metrics[k]:.4g}" for k in ("loss", "loss_label", "loss_rationale", "examples_per_sec")
                      if k in metrics}
@@ -171,12 +188,65 @@ class MetricsLogger:
             self._file.close()
 
 
+def _parse_lines(text: str) -> tuple[list[dict], int]:
+    """(records, number of torn lines): a line a kill cut short is not JSON and is skipped."""
+    records, torn = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn += 1
+    return records, torn
+
+
+def _key(record: Mapping[str, Any]) -> tuple:
+    return record.get("kind"), record.get("step"), record.get("task"), record.get("split")
+
+
+def drop_records_after(path, step: int) -> int:
+    """Remove the records of steps after ``step`` (and torn lines) from a metrics file; returns how many.
+
+    The removed lines are appended to ``<file>.superseded``.  The file is replaced
+    atomically (local disk) or rewritten whole (cloud storage).
+    """
+    path = storage.run_path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    keep, superseded = [], []
+    for line in lines:
+        records, _ = _parse_lines(line)
+        (keep if records and int(records[0].get("step", 0)) <= step else superseded).append(line)
+    superseded = [line for line in superseded if line.strip()]
+    if not superseded:
+        return 0
+    old = path.parent / f"{path.name}{SUPERSEDED_SUFFIX}"
+    previous = old.read_text() if old.exists() else ""
+    old.write_text(previous + "".join(line if line.endswith("\n") else line + "\n" for line in superseded))
+    text = "".join(keep)
+    if storage.is_remote(path):
+        path.write_text(text)
+    else:
+        tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(os.fspath(tmp), os.fspath(path))
+    return len(superseded)
+
+
 def read_metrics(model_dir_or_file: str | os.PathLike) -> list[dict]:
-    """All records of a metrics.jsonl (a model dir or the file itself)."""
+    """The records of a metrics.jsonl (a model dir or the file itself), each step once.
+
+    Of records with the same (kind, step, task, split) the last one is kept, in the place
+    of the first; lines torn by a kill are skipped.
+    """
     path = storage.run_path(model_dir_or_file)
     if path.is_dir():
         path = path / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records, _ = _parse_lines(path.read_text())
+    latest = {_key(r): r for r in records}
+    return list(latest.values())
 
 
 def eval_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:

@@ -1,5 +1,10 @@
-"""Checkpoints: round trip with the data position, incomplete saves ignored, initial params, SIGTERM flag."""
+"""Checkpoints: round trip with the data position, incomplete saves ignored, verification of what is
+restored, fallback past damaged steps (moved aside, never deleted), SIGTERM flag.
+
+(Initial parameters from another run or a Hugging Face directory: tests/test_initial_params.py.)
+"""
 import os
+import pathlib
 import signal
 
 import jax
@@ -7,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dss_jax import checkpoints, get_config, partitioning, trainer
-from dss_jax.model import T5, abstract_params, init_params
+from dss_jax import checkpoints, get_config, trainer
+from dss_jax.model import init_params
 
 
 @pytest.fixture(scope="module")
@@ -49,34 +54,6 @@ def test_an_unfinished_save_is_not_a_checkpoint(tmp_path, tiny):
     assert checkpoints.latest_checkpoint_step(tmp_path / "ckpt") == 2
 
 
-def test_initial_params_from_an_earlier_runs_checkpoint(tmp_path, tiny):
-    config, params = tiny
-    manager = checkpoints.CheckpointManager(tmp_path / "ckpt", save_every=1)
-    manager.save(3, _state(params), {"batches_consumed": 3})
-    manager.close()
-    loaded = checkpoints.load_initial_params(str(tmp_path / "ckpt"), abstract_params(config))
-    assert _same(loaded, params)
-
-
-def test_initial_params_from_a_hugging_face_directory(tmp_path, tiny):
-    from dss_jax.hf_checkpoint import export_hf_checkpoint
-
-    config, params = tiny
-    export_hf_checkpoint(config, params, tmp_path / "hf")
-    mesh = partitioning.make_mesh()
-    shardings = partitioning.param_shardings(T5(config), mesh, partitioning.logical_axis_rules())
-    loaded = checkpoints.load_initial_params(str(tmp_path / "hf"),
-                                             partitioning.with_sharding(abstract_params(config), shardings))
-    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
-
-
-def test_missing_initial_checkpoint_is_a_clear_error(tmp_path, tiny):
-    config, _ = tiny
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        checkpoints.load_initial_params(str(tmp_path / "nothing"), abstract_params(config))
-
-
 def test_preemption_guard_turns_sigterm_into_a_flag_and_restores_the_handler():
     import threading
 
@@ -88,3 +65,152 @@ def test_preemption_guard_turns_sigterm_into_a_flag_and_restores_the_handler():
         os.kill(os.getpid(), signal.SIGTERM)
         assert guard.triggered and guard.received == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+# ----------------------------------------------------------------------------- damage, verification, fallback
+
+
+def _small_state(step: int) -> dict:
+    return {"w": jnp.arange(3000, dtype=jnp.float32) * step, "b": jnp.full((40, 40), step, jnp.bfloat16),
+            "step": jnp.asarray(step, jnp.int32)}
+
+
+ABSTRACT = jax.eval_shape(lambda: _small_state(1))
+
+
+def _three_steps(directory) -> checkpoints.CheckpointManager:
+    manager = checkpoints.CheckpointManager(directory, save_every=1, keep=None, async_save=False)
+    for step in (1, 2, 3):
+        manager.save(step, _small_state(step), {"batches_consumed": step}, force=True)
+    manager.close()
+    return checkpoints.CheckpointManager(directory, save_every=1, keep=None, async_save=False)
+
+
+def _largest_data_file(step_dir: pathlib.Path) -> pathlib.Path:
+    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+               key=lambda p: p.stat().st_size)
+
+
+def _flip_a_byte(path: pathlib.Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGES = {
+    "truncated data file": lambda step_dir: os.truncate(_largest_data_file(step_dir), 100),
+    "deleted data file": lambda step_dir: _largest_data_file(step_dir).unlink(),
+    "empty array metadata": lambda step_dir: (step_dir / "state" / "_METADATA").write_text(""),
+    "empty data position": lambda step_dir: (step_dir / "data" / "metadata").write_text(""),
+    "one flipped byte": lambda step_dir: _flip_a_byte(_largest_data_file(step_dir)),
+    "deleted checksums": lambda step_dir: __import__("shutil").rmtree(step_dir / "checksums"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_latest_step_falls_back_to_the_previous_one_and_says_why(tmp_path, damage):
+    manager = _three_steps(tmp_path / "ckpt")
+    DAMAGES[damage](tmp_path / "ckpt" / "3")
+    said = []
+    state, position, step = manager.restore_latest(ABSTRACT, say=said.append)
+    manager.close()
+    assert step == 2 and position == {"batches_consumed": 2}
+    assert _same(state, _small_state(2))
+    assert len(said) == 1 and "resuming from step 2" in said[0] and "step 3: " in said[0]
+
+
+def test_changed_bytes_are_refused_not_loaded(tmp_path):
+    manager = _three_steps(tmp_path / "ckpt")
+    _flip_a_byte(_largest_data_file(tmp_path / "ckpt" / "3"))
+    with pytest.raises(checkpoints.CheckpointDamagedError, match=r"differ from what was saved \(w\)"):
+        manager.restore(ABSTRACT, 3)
+    manager.close()
+
+
+def test_a_changed_data_position_is_refused_not_loaded(tmp_path):
+    manager = _three_steps(tmp_path / "ckpt")
+    position_file = tmp_path / "ckpt" / "3" / "data" / "metadata"
+    position_file.write_text(position_file.read_text().replace("3", "7"))  # still valid JSON
+    with pytest.raises(checkpoints.CheckpointDamagedError, match=r"data position \{'batches_consumed': 7\} differs"):
+        manager.restore(ABSTRACT, 3)
+    manager.close()
+
+
+def test_damaged_steps_are_moved_aside_intact_and_the_run_saves_that_step_again(tmp_path):
+    manager = _three_steps(tmp_path / "ckpt")
+    victim = _largest_data_file(tmp_path / "ckpt" / "3")
+    os.truncate(victim, 100)
+    files_before = sorted(p.relative_to(tmp_path / "ckpt" / "3") for p in (tmp_path / "ckpt" / "3").rglob("*"))
+    manager.restore_latest(ABSTRACT, say=lambda _: None)
+    aside = tmp_path / "ckpt_damaged" / "3"
+    assert sorted(p.relative_to(aside) for p in aside.rglob("*")) == files_before
+    assert (aside / victim.relative_to(tmp_path / "ckpt" / "3")).stat().st_size == 100
+    manager.save(3, _small_state(3), {"batches_consumed": 3}, force=True)  # the resumed run reaches step 3 again
+    manager.close()
+    assert checkpoints.checkpoint_steps(tmp_path / "ckpt") == [1, 2, 3]
+    assert aside.is_dir(), "the damaged copy is kept"
+
+
+def test_no_restorable_step_is_one_error_listing_every_step_and_reason(tmp_path):
+    manager = _three_steps(tmp_path / "ckpt")
+    for step in (1, 2, 3):
+        os.truncate(_largest_data_file(tmp_path / "ckpt" / str(step)), 10)
+    with pytest.raises(checkpoints.CheckpointRestoreError) as raised:
+        manager.restore_latest(ABSTRACT, say=lambda _: None)
+    manager.close()
+    message = str(raised.value)
+    assert "3 step(s) tried" in message
+    assert all(f"step {s}: " in message and "OUT_OF_RANGE" in message for s in (1, 2, 3))
+    assert len(message.splitlines()) == 5, "one line per step, no TensorStore spec dump"
+    assert checkpoints.checkpoint_steps(tmp_path / "ckpt") == [1, 2, 3], "nothing is moved when nothing restores"
+
+
+def test_reading_params_for_eval_skips_a_damaged_step_without_moving_it(tmp_path):
+    _three_steps(tmp_path / "ckpt").close()
+    os.truncate(_largest_data_file(tmp_path / "ckpt" / "3"), 100)
+    abstract = {"w": ABSTRACT["w"], "b": ABSTRACT["b"]}
+    said = []
+    with pytest.raises(checkpoints.CheckpointRestoreError):  # params are under "params" in a trainer checkpoint
+        checkpoints.restore_latest_params(tmp_path / "ckpt", abstract, say=said.append)
+    manager = checkpoints.CheckpointManager(tmp_path / "params", save_every=1, async_save=False)
+    for step in (1, 2):
+        manager.save(step, {"params": {"w": _small_state(step)["w"]}, "step": step}, {"batches_consumed": step})
+    manager.close()
+    os.truncate(_largest_data_file(tmp_path / "params" / "2"), 10)
+    params, step = checkpoints.restore_latest_params(tmp_path / "params", {"w": ABSTRACT["w"]}, say=said.append)
+    assert step == 1 and np.array_equal(np.asarray(params["w"]), np.asarray(_small_state(1)["w"]))
+    assert said and "using checkpoint step 1" in said[-1]
+    assert (tmp_path / "params" / "2").is_dir(), "a reader never moves a run's checkpoints"
+    with pytest.raises(checkpoints.CheckpointDamagedError, match="cannot be read"):
+        checkpoints.restore_latest_params(tmp_path / "params", {"w": ABSTRACT["w"]}, step=2)
+
+
+def test_checksums_change_with_any_element_and_with_a_swap():
+    base = {"x": jnp.arange(64, dtype=jnp.float32)}
+    changed = {"x": base["x"].at[17].add(1e-6)}
+    swapped = {"x": base["x"].at[3].set(4.0).at[4].set(3.0)}
+    sums = [checkpoints.tree_checksums(t)["x"] for t in (base, changed, swapped)]
+    assert sums[0] != sums[1] and sums[0] != sums[2]
+    assert sums[0][0] == sums[2][0], "a swap keeps the plain sum; the position-weighted sum catches it"
+
+
+def test_checksums_do_not_depend_on_how_an_array_is_sharded():
+    import subprocess
+    import sys
+
+    script = (
+        "import jax, jax.numpy as jnp\n"
+        "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n"
+        "from dss_jax import checkpoints\n"
+        "x = jnp.arange(4096 * 3, dtype=jnp.float32).reshape(64, 192) * 0.37\n"
+        "mesh = Mesh(jax.devices(), ('d',))\n"
+        "rows = jax.device_put(x, NamedSharding(mesh, P('d', None)))\n"
+        "cols = jax.device_put(x, NamedSharding(mesh, P(None, 'd')))\n"
+        "sums = [checkpoints.tree_checksums({'x': a})['x'] for a in (x, rows, cols)]\n"
+        "assert len(rows.sharding.device_set) == 4 and sums[0] == sums[1] == sums[2], sums\n"
+        "print('same', sums[0])\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                            cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]

@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace, rest: Sequence[str]) -> int:
 
     gin_parser = argparse.ArgumentParser(prog="python -m dss_jax.sweep run")
     gin_args = gin_utils.parse_args_and_gin(gin_parser, rest)
+    gin_utils.check_configuration()
     search_paths = [p for p in gin_args.gin_search_paths.split(",") if p]
     sweep_dir, grid = sweep()
     if args.print_launch_commands:
