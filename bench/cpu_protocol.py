@@ -6,9 +6,18 @@ sequences), 5 warm-up + 40 timed steps, median seconds/step. Each measurement ru
 own process, one at a time (two at once slow each other 2-4x on 2 cores), alternating
 between the peer and us, so that drifts of the machine hit both.
 
-    python bench/cpu_protocol.py                      # everything (about 25 minutes)
+    python bench/cpu_protocol.py                      # everything (about 35 minutes)
     python bench/cpu_protocol.py --only train         # training modes only
     python bench/cpu_protocol.py --json results.json  # also keep the raw results
+    python bench/cpu_protocol.py --only train --steps 20 --warmup 3 \
+        --skip peer/train_compile ours/train_nopack  # peer, protocol script and trainer CLI, fp32 + bf16
+
+Three systems: ``peer`` (``../shared/bench/hf_dss_peer.py``), ``ours``
+(``bench/dss_jax_protocol.py``, the protocol script) and ``trainer``
+(``bench/trainer_cli_protocol.py``: the same work through ``python -m dss_jax.train``, the
+command users run, its step times read from the run's ``metrics.jsonl``).  The trainer rows
+also show their step time over the protocol script's in the same mode.  The CPU (model name,
+AVX2 / AVX-512 / AMX flags) is printed with the results: the bf16 figures depend on it.
 
 Printed per mode: median s/step, examples/s, ours/peer ratio, model FLOP/s over the
 measured fp32 matmul peak (MFU), peak RSS; and decoding sequences/s (batch 16, labels up
@@ -81,11 +90,23 @@ def run_json(cmd: list[str], env: dict, log_path: pathlib.Path) -> dict:
     return result
 
 
+def cpu_kind(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The processor's model name and the vector / matrix extensions the bf16 paths depend on."""
+    try:
+        text = pathlib.Path(cpuinfo).read_text()
+    except OSError:
+        return {"model": "unknown", "flags": []}
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
+
+
 def build_plan(only: str | None) -> list[tuple[str, str, list[str]]]:
     """(system, mode, extra args) in alternating order."""
     train = [
-        ("peer", "train", []), ("ours", "train", []),
-        ("peer", "train_bf16", []), ("ours", "train_bf16", []),
+        ("peer", "train", []), ("ours", "train", []), ("trainer", "train", []),
+        ("peer", "train_bf16", []), ("ours", "train_bf16", []), ("trainer", "train_bf16", []),
         ("peer", "train_compile", []), ("ours", "train_nopack", ["--no_pack"]),
     ]
     decode = [("peer", "decode", []), ("ours", "decode", []), ("ours", "decode_bf16", [])]
@@ -97,8 +118,9 @@ def build_plan(only: str | None) -> list[tuple[str, str, list[str]]]:
 
 
 def format_table(results: dict, flops: dict, peak: float) -> str:
-    rows = ["| system | mode | s/step | examples/s | ours/peer-fp32 | MFU (fp32 peak) | peak RSS GiB |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| system | mode | s/step | examples/s | ours/peer-fp32 | MFU (fp32 peak) | peak RSS GiB | "
+            "s/step vs protocol script |",
+            "|---|---|---|---|---|---|---|---|"]
     peer_fp32 = results.get(("peer", "train"), {}).get("examples_per_s")
     for (system, mode), r in results.items():
         if "median_s_per_step" not in r:
@@ -107,7 +129,10 @@ def format_table(results: dict, flops: dict, peak: float) -> str:
         ratio = f"{eps / peer_fp32:.2f}" if peer_fp32 else "-"
         mfu = flops["model_flops_per_step"] / r["median_s_per_step"] / peak
         rss = r.get("peak_rss_mib_self", float("nan")) / 1024
-        rows.append(f"| {system} | {mode} | {r['median_s_per_step']:.3f} | {eps:.2f} | {ratio} | {mfu:.1%} | {rss:.2f} |")
+        script = results.get(("ours", mode), {}).get("median_s_per_step")
+        versus = f"{r['median_s_per_step'] / script - 1:+.1%}" if system == "trainer" and script else "-"
+        rows.append(f"| {system} | {mode} | {r['median_s_per_step']:.3f} | {eps:.2f} | {ratio} | {mfu:.1%} | "
+                    f"{rss:.2f} | {versus} |")
     rows += ["", "| system | task | sequences/s | ours/peer |", "|---|---|---|---|"]
     for task in ("label", "rationale"):
         peer_r = results.get(("peer", "decode"), {}).get(f"decode_{task}")
@@ -139,29 +164,32 @@ def main():
     env = dict(os.environ, PYTHONUNBUFFERED="1", DSS_SHARED_DIR=str(args.shared_dir),
                TF_CPP_MIN_LOG_LEVEL="3")
     python = sys.executable
+    cpu = cpu_kind()
     peak = run_json([python, str(HERE / "matmul_peak.py")], env, args.log)
     flops = model_flops_per_step(args.shared_dir, args.warmup, args.steps, batch=8, max_len=128)
-    print(json.dumps({"matmul_peak": peak, "model_flops": flops}), file=sys.stderr)
+    print(json.dumps({"cpu": cpu, "matmul_peak": peak, "model_flops": flops}), file=sys.stderr)
 
     results = {}
     for system, mode, extra in build_plan(args.only):
         if f"{system}/{mode}" in args.skip:
             continue
+        steps = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
         if system == "peer":
-            cmd = [python, str(args.shared_dir / "bench" / "hf_dss_peer.py"), "--mode", mode,
-                   "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            cmd = [python, str(args.shared_dir / "bench" / "hf_dss_peer.py"), "--mode", mode, *steps]
             run_env = env
         else:
-            cmd = [python, str(HERE / "dss_jax_protocol.py"), "--mode", mode.replace("_nopack", ""),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            script = "trainer_cli_protocol.py" if system == "trainer" else "dss_jax_protocol.py"
+            cmd = [python, str(HERE / script), "--mode", mode.replace("_nopack", ""), *steps]
             run_env = dict(env, XLA_FLAGS=args.ours_xla_flags)
         results[(system, mode)] = run_json(cmd + extra, run_env, args.log)
         if args.json:  # after every measurement, so that an interrupted run keeps what it measured
-            args.json.write_text(json.dumps({"matmul_peak": peak, "model_flops": flops,
+            args.json.write_text(json.dumps({"cpu": cpu, "matmul_peak": peak, "model_flops": flops,
                                              "results": {f"{s}/{m}": r for (s, m), r in results.items()}},
                                             indent=1))
 
     table = format_table(results, flops, peak["peak_flops"])
+    print(f"CPU: {cpu['model']}, {cpu.get('cores')} cores, flags {' '.join(cpu['flags']) or 'none of'} "
+          f"(of avx2 avx512f avx512_bf16 amx_bf16 amx_tile)")
     print(f"fp32 matmul peak: {peak['peak_flops'] / 1e9:.1f} GFLOP/s "
           f"(XLA {peak['xla_flops'] / 1e9:.1f}, torch {(peak['torch_flops'] or 0) / 1e9:.1f}); "
           f"model GFLOP/step {flops['model_flops_per_step'] / 1e9:.2f}")

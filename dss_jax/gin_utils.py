@@ -217,6 +217,27 @@ def _same_kind(value: Any, like: Any) -> bool:
     return isinstance(value, type(like))
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What the ``train`` configurable hands the training entrypoint."""
+
+    model_dir: str
+    experiment: Any
+    run: Any
+    resume_may_change: tuple[str, ...]
+
+
+@gin.configurable("train")
+def train_settings(model_dir: str = gin.REQUIRED, experiment=gin.REQUIRED, run=None,
+                   resume_may_change: Sequence[str] = ()) -> TrainSettings:
+    """The ``train.*`` bindings of the run's gin files (``runs/finetune.gin``): the run directory,
+    the ``Experiment``, the ``RunConfig`` and the settings allowed to change on resume.
+    Registered here, at the edge, so the trainer, the plan and the sweep read the same objects."""
+    from dss_jax.experiment import RunConfig  # (the parameter `experiment` shadows the module here)
+
+    return TrainSettings(model_dir, experiment, run if run is not None else RunConfig(), tuple(resume_may_change))
+
+
 optimizer_config = gin.external_configurable(trainer.OptimizerConfig, name="OptimizerConfig")
 experiment_config = gin.external_configurable(experiment.Experiment, name="Experiment")
 input_config = gin.external_configurable(experiment.InputConfig, name="InputConfig")

@@ -15,6 +15,14 @@ All of them become SeqIO's encoder-decoder model features (``TaskAwareEncDecFeat
 ``seqio.EncDecFeatureConverter`` plus a per-target-token ``task_ids`` feature that is
 packed along with the targets), optionally packed, batched, and converted to numpy.
 
+Three ways to lay a step out (``StreamConfig.pack``): ``False`` pads every sequence to the
+sequence lengths; ``True`` is SeqIO packing (rows filled from the stream, so a paired
+example's two sequences may straddle steps); ``"buckets"`` takes exactly the sequences of
+the step's examples (paired: the label AND the rationale sequence of each) and packs them
+on the host (``dss_jax.packing``) into the fewest rows of the row-length bucket pair with
+the least padding.  A bucketed step is the same whatever the number of hosts: every host
+reads the whole stream, packs the global step and keeps its own slice of the rows.
+
 The pipeline is deterministic for a given seed.  Its position is the number of batches
 consumed; ``train_batches(..., start_batch=n)`` continues exactly after batch ``n``, which
 is how a restarted run resumes (the position is saved in every checkpoint).
@@ -22,13 +30,15 @@ is how a restarted run resumes (the position is saved in every checkpoint).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping
+import itertools
+import math
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from dss_jax import losses
+from dss_jax import losses, packing
 
 PAIRED_FEATURES = ("label_inputs", "label_targets", "rationale_inputs", "rationale_targets")
 TRAINING_KINDS = ("paired", "mixture", "single")
@@ -159,34 +169,51 @@ class StreamConfig:
     batch_size: global examples per step: rows of the batch, except in paired mode without
       packing where each example gives two rows (label and rationale).  With ``pack=True``
       it is the number of packed rows.
-    pack: SeqIO packing (segment ids and positions are passed to the model).
+    pack: False, True (SeqIO packing: segment ids and positions are passed to the model)
+      or ``"buckets"`` (the step's own sequences packed on the host, see the module docstring).
     seed: shuffle / mixture-sampling seed (part of the data position).
     shuffle: shuffle the training data.
+    encoder_row_lens, decoder_row_lens: the bucket row lengths of ``pack="buckets"``
+      (empty: the sequence length).
     """
 
     task: str
     sequence_lengths: Mapping[str, int]
     rationale_tasks: tuple[str, ...] = ()
     batch_size: int = 64
-    pack: bool = False
+    pack: Any = False
     seed: int = 0
     shuffle: bool = True
     split: str = "train"
+    encoder_row_lens: tuple[int, ...] = ()
+    decoder_row_lens: tuple[int, ...] = ()
 
     def task_id(self, task_name: str) -> int:
         return losses.RATIONALE_TASK_ID if task_name in self.rationale_tasks else losses.LABEL_TASK_ID
 
+    @property
+    def buckets(self) -> bool:
+        return self.pack == "buckets"
+
+    def row_lens(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(encoder, decoder) bucket row lengths of ``pack="buckets"``."""
+        return (tuple(self.encoder_row_lens) or (int(self.sequence_lengths["inputs"]),),
+                tuple(self.decoder_row_lens) or (int(self.sequence_lengths["targets"]),))
+
     def position(self, batches_consumed: int) -> dict:
         """The data position stored in checkpoints."""
-        return {"batches_consumed": int(batches_consumed), "seed": int(self.seed), "task": self.task,
-                "batch_size": int(self.batch_size), "pack": bool(self.pack),
-                "sequence_lengths": {k: int(v) for k, v in self.sequence_lengths.items()}}
+        position = {"batches_consumed": int(batches_consumed), "seed": int(self.seed), "task": self.task,
+                    "batch_size": int(self.batch_size), "pack": self.pack if self.buckets else bool(self.pack),
+                    "sequence_lengths": {k: int(v) for k, v in self.sequence_lengths.items()}}
+        if self.buckets:
+            position["row_lens"] = [list(lens) for lens in self.row_lens()]
+        return position
 
     def check_position(self, position: Mapping[str, Any]) -> int:
         """Batches consumed, after checking the checkpoint was made with the same input settings."""
         expected = self.position(0)
-        for key in ("seed", "task", "batch_size", "pack", "sequence_lengths"):
-            if key in position and position[key] != expected[key]:
+        for key in ("seed", "task", "batch_size", "pack", "sequence_lengths", "row_lens"):
+            if key in position and position[key] != expected.get(key):
                 raise ValueError(f"checkpoint data position has {key}={position[key]!r} but this run uses "
                                  f"{expected[key]!r}; resuming would not continue the same data stream "
                                  f"(use a new MODEL_DIR or the original settings)")
@@ -210,28 +237,45 @@ def _mixture_stream(mixture: seqio.Mixture, cfg: StreamConfig, shard_info) -> tf
                                                 stop_on_empty_dataset=True)
 
 
+def _task_examples(provider, kind: str, cfg: StreamConfig, shard_info, num_epochs) -> tf.data.Dataset:
+    """The task's examples, truncated: paired features, else ``inputs, targets, task_ids``."""
+    if kind == "mixture":
+        return _mixture_stream(provider, cfg, shard_info)
+    lengths = paired_lengths(cfg.sequence_lengths) if kind == "paired" else dict(cfg.sequence_lengths)
+    ds = provider.get_dataset(lengths, split=cfg.split, shuffle=cfg.shuffle, seed=cfg.seed,
+                              shard_info=shard_info, num_epochs=num_epochs)
+    if kind == "paired":
+        return ds
+    return ds.map(lambda ex, t=cfg.task_id(provider.name): _with_task_ids(ex, t), num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def model_feature_dataset(cfg: StreamConfig, shard_info: seqio.ShardInfo | None = None,
                           num_epochs: int | None = None) -> tuple[tf.data.Dataset, str]:
     """Unbatched model features (with ``task_ids``) of ``cfg.task``, and its training kind."""
     provider = get_provider(cfg.task)
     kind = training_kind(provider)
+    ds = _task_examples(provider, kind, cfg, shard_info, num_epochs)
     if kind == "paired":
-        ds = provider.get_dataset(paired_lengths(cfg.sequence_lengths), split=cfg.split, shuffle=cfg.shuffle,
-                                  seed=cfg.seed, shard_info=shard_info, num_epochs=num_epochs)
-        ds = PairedFeatureConverter(pack=cfg.pack)(ds, paired_lengths(cfg.sequence_lengths))
-        return ds, kind
-    if kind == "mixture":
-        ds = _mixture_stream(provider, cfg, shard_info)
-    else:
-        ds = provider.get_dataset(dict(cfg.sequence_lengths), split=cfg.split, shuffle=cfg.shuffle, seed=cfg.seed,
-                                  shard_info=shard_info, num_epochs=num_epochs)
-        ds = ds.map(lambda ex, t=cfg.task_id(provider.name): _with_task_ids(ex, t), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = TaskAwareEncDecFeatureConverter(pack=cfg.pack)(ds, with_task_id_lengths(cfg.sequence_lengths))
-    return ds, kind
+        return PairedFeatureConverter(pack=bool(cfg.pack))(ds, paired_lengths(cfg.sequence_lengths)), kind
+    return TaskAwareEncDecFeatureConverter(pack=bool(cfg.pack))(ds, with_task_id_lengths(cfg.sequence_lengths)), kind
+
+
+def sequence_dataset(cfg: StreamConfig, num_epochs: int | None = None) -> tuple[tf.data.Dataset, str]:
+    """The whole (unsharded) stream of single sequences ``inputs, targets, task_ids``, unpadded;
+    a paired example gives its label sequence, then its rationale sequence."""
+    provider = get_provider(cfg.task)
+    kind = training_kind(provider)
+    ds = _task_examples(provider, kind, cfg, None, num_epochs)
+    return (unpair(ds) if kind == "paired" else ds), kind
+
+
+def sequences_per_step(cfg: StreamConfig, kind: str) -> int:
+    """Target sequences of one global step: a paired example has two."""
+    return 2 * cfg.batch_size if kind == "paired" else cfg.batch_size
 
 
 def rows_per_batch(cfg: StreamConfig, kind: str) -> int:
-    """Rows of one global batch."""
+    """Rows of one global batch (fixed unless ``pack="buckets"``)."""
     return 2 * cfg.batch_size if (kind == "paired" and not cfg.pack) else cfg.batch_size
 
 
@@ -242,12 +286,61 @@ def _cast_batch(batch: Mapping[str, np.ndarray]) -> dict:
     return out
 
 
+def pack_step(sequences: Sequence[Mapping[str, np.ndarray]], cfg: StreamConfig, row_multiple: int = 1) -> dict:
+    """One global bucketed step: its sequences packed by ``dss_jax.packing`` (rows a multiple of
+    ``row_multiple``), in the trainer's batch layout."""
+    encoder_row_lens, decoder_row_lens = cfg.row_lens()
+    task_ids = [int(s["task_ids"][0]) - 1 if len(s["task_ids"]) else losses.LABEL_TASK_ID for s in sequences]
+    return _cast_batch(packing.pack([s["inputs"] for s in sequences], [s["targets"] for s in sequences], task_ids,
+                                    encoder_row_lens, decoder_row_lens, row_multiple))
+
+
+def host_rows(batch: Mapping[str, np.ndarray], index: int, count: int) -> dict:
+    """Host ``index`` of ``count``'s contiguous slice of a global batch's rows."""
+    rows = next(iter(batch.values())).shape[0]
+    if rows % count:
+        raise ValueError(f"{rows} rows are not divisible by {count} hosts")
+    per_host = rows // count
+    return {name: value[index * per_host:(index + 1) * per_host] for name, value in batch.items()}
+
+
+def _bucketed_batches(cfg: StreamConfig, start_batch: int, host: int, num_hosts: int,
+                      row_multiple: int) -> tuple[Iterator[dict], str]:
+    ds, kind = sequence_dataset(cfg, num_epochs=None)
+    per_step = sequences_per_step(cfg, kind)
+    if start_batch:
+        ds = ds.skip(start_batch * per_step)
+    # A fixed prefetch and no autotuning: tf.data's autotuner works in background threads
+    # that compete with the step's XLA threads on a small CPU host (docs/speed.md: the
+    # trainer's bf16 step on the protocol, 1.51 s with it, 0.85 s without, 0.80 s in the
+    # bench script). Packing a step costs milliseconds; two steps ahead is enough.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = ds.prefetch(2 * per_step).with_options(options)
+    multiple = math.lcm(int(row_multiple), int(num_hosts))
+
+    def steps():
+        sequences = ds.as_numpy_iterator()
+        while True:
+            step = list(itertools.islice(sequences, per_step))
+            if len(step) < per_step:
+                return
+            yield host_rows(pack_step(step, cfg, multiple), host, num_hosts)
+
+    return steps(), kind
+
+
 def train_batches(cfg: StreamConfig, start_batch: int = 0, shard_info: seqio.ShardInfo | None = None,
-                  num_hosts: int = 1) -> tuple[Iterator[dict], str]:
+                  num_hosts: int = 1, row_multiple: int = 1) -> tuple[Iterator[dict], str]:
     """Endless iterator of this host's numpy batches, continuing after ``start_batch`` batches.
 
     Each host reads its own shard (``shard_info``) and ``rows_per_batch / num_hosts`` rows.
+    With ``pack="buckets"`` every host reads the whole stream, packs each global step into a
+    multiple of ``row_multiple`` rows (the mesh's data axis) and keeps host
+    ``shard_info.index``'s slice of them.
     """
+    if cfg.buckets:
+        return _bucketed_batches(cfg, start_batch, shard_info.index if shard_info else 0, num_hosts, row_multiple)
     ds, kind = model_feature_dataset(cfg, shard_info=shard_info, num_epochs=None)
     rows = rows_per_batch(cfg, kind)
     if rows % num_hosts:

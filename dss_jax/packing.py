@@ -1,8 +1,11 @@
 """Pack (input, target) token sequences into a few fixed-shape rows, in numpy.
 
-A host-side alternative to SeqIO's TF packing for when the *set* of sequences in a step
-is fixed (the CPU benchmark protocol: exactly 8 examples = 16 sequences a step) and we want
-little padding with few distinct shapes (each new shape is one more XLA compilation).
+The project's one host-side packer: the trainer's ``InputConfig.pack = "buckets"``
+(``dss_jax.input_pipeline``) and the CPU benchmark protocol use it when the *set* of
+sequences in a step is fixed (a step holds exactly the label and rationale sequences of
+its examples; the protocol: 8 examples = 16 sequences a step) and we want little padding
+with few distinct shapes (each new shape is one more XLA compilation). SeqIO's TF packing
+(``pack=True``) instead fills rows from the stream, so a step's examples are not fixed.
 
 Sequences are placed first-fit-decreasing by input length into rows whose encoder part
 holds `encoder_row_len` tokens and decoder part `decoder_row_len` tokens; the number of

@@ -591,11 +591,10 @@ def configs_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], sear
 
     from dss_jax import experiment as experiment_lib
     from dss_jax import gin_utils
-    from dss_jax.cli import train as train_cli  # the `train` configurable that the run's gin files bind
 
     gin_utils.parse_gin(gin_files, gin_bindings, search_paths)
     gin_utils.check_configuration(unused_required=("MODEL_DIR",))  # a plan needs no run directory
-    bound = gin.get_bindings(train_cli.train)  # references evaluated: the objects train() receives
+    bound = gin.get_bindings(gin_utils.train_settings)  # references evaluated: the objects the trainer receives
     if not isinstance(bound.get("experiment"), experiment_lib.Experiment):
         raise PlanError("the gin files bind no train.experiment (include runs/finetune.gin)")
     run = bound.get("run") or experiment_lib.RunConfig()

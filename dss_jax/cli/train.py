@@ -22,16 +22,17 @@ from typing import Sequence
 import gin
 
 
-@gin.configurable
-def train(model_dir: str = gin.REQUIRED, experiment=gin.REQUIRED, run=None,
-          resume_may_change: Sequence[str] = ()) -> dict:
-    """Validate the configuration, then ``train_loop.train``."""
-    from dss_jax import experiment as experiment_lib
-    from dss_jax import hardware, train_loop
+def train() -> dict:
+    """The gin-built run (``gin_utils.train_settings``, the ``train`` configurable), then ``train_loop.train``.
 
-    run = run if run is not None else experiment_lib.RunConfig()
-    return train_loop.train(experiment, run, model_dir, gin_text=gin.config_str(),
-                            may_change=tuple(resume_may_change), model_config=hardware.resolve(experiment.model))
+    The model config is resolved for the hardware inside the loop, after the multi-host
+    runtime has started (``jax.distributed.initialize`` must come before any JAX call).
+    """
+    from dss_jax import gin_utils, train_loop
+
+    settings = gin_utils.train_settings()
+    return train_loop.train(settings.experiment, settings.run, settings.model_dir, gin_text=gin.config_str(),
+                            may_change=settings.resume_may_change)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
