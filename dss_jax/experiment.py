@@ -287,11 +287,10 @@ class Experiment:
         vocab.set_vocab_setting(self.vocab)
 
     def describe(self) -> str:
-        """One line for logs: the method, the tasks' names and where the parameters start."""
+        """One line for logs: the benchmark, the method and its settings."""
         what = self.task or f"{self.benchmark} {self.method}" + (
             f" ({self.labels} labels, lambda={self.lam:g}, {self.loss_mode})" if self.method == "step_by_step" else "")
-        start = "random initialisation (explicit)" if self.random_init else f"initial parameters from {self.initial_checkpoint}"
-        return f"{what}, fraction {self.fraction:g}, seed {self.seed}; {start}"
+        return f"{what}, fraction {self.fraction:g}, seed {self.seed}"
 
     # ------------------------------------------------------------------ records
 
