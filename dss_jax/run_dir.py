@@ -32,12 +32,12 @@ import uuid
 from typing import Any, Iterator, Sequence
 
 from dss_jax import experiment as experiment_lib
-from dss_jax import storage
+from dss_jax import metrics_logging, storage
 
 EXPERIMENT_FILE = "experiment.json"
 CONFIG_GIN_FILE = "config.gin"
 CHECKPOINT_SUBDIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = metrics_logging.METRICS_FILE  # one name, owned by the metrics module
 LOCK_FILE = ".lock"
 LEASE_RENEW_S = 60.0
 LEASE_SETTLE_S = 2.0  # wait after writing a lease, then re-read it: two trainers that start together see one winner

@@ -271,16 +271,11 @@ class SweepDir:
 
 
 def read_metrics(model_dir) -> list[dict]:
-    """The records of a run's metrics.jsonl ([] when there is none); a line cut by a kill is skipped."""
-    path = storage.run_path(model_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            if line.strip():
-                out.append(json.loads(line))
-    return out
+    """The records of a run's metrics.jsonl, each step once ([] when there is none yet)."""
+    from dss_jax import metrics_logging
+
+    path = storage.run_path(model_dir) / metrics_logging.METRICS_FILE
+    return metrics_logging.read_metrics(path) if path.exists() else []
 
 
 def read_run_record(model_dir) -> dict | None:
@@ -397,32 +392,6 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
             os._exit(1)
 
     return preexec
-
-
-def wait_for_unlocked(model_dir, timeout_s: float = 600.0, poll_s: float = 0.5, say=print) -> None:
-    """Wait while another process holds the run directory's lock (a trainer of a killed sweep saving)."""
-    path = storage.run_path(model_dir) / ".lock"
-    if storage.is_remote(path) or not path.exists():
-        return
-    import fcntl
-
-    deadline, told = time.monotonic() + timeout_s, False
-    while True:
-        fd = os.open(os.fspath(path), os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-        finally:
-            os.close(fd)  # releases the lock if we took it
-        if time.monotonic() > deadline:
-            raise SweepError(f"{model_dir} is still in use by {holder} after {timeout_s:.0f} s; stop that process "
-                             f"or wait for it, then rerun the sweep")
-        if not told:
-            say(f"[sweep] waiting for {holder} to release {model_dir} (a trainer of an earlier, stopped sweep)")
-            told = True
-        time.sleep(poll_s)
 
 
 @dataclasses.dataclass
@@ -544,7 +513,12 @@ def _attempt(directory: SweepDir, cell: Cell, argv: Sequence[str], env: Mapping[
     model_dir = directory.cell_dir(cell)
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / CELL_FILE).write_text(json.dumps(cell.to_dict(), indent=1) + "\n")
-    wait_for_unlocked(model_dir, say=say)
+    from dss_jax import run_dir
+
+    try:  # a trainer of a killed sweep may still be saving
+        run_dir.RunDir(model_dir).wait_until_free(say=lambda text: say(f"[sweep] {text}"))
+    except run_dir.RunDirLockedError as err:
+        raise SweepError(f"{err}; stop that process or wait for it, then rerun the sweep") from None
     start = clock()
     directory.log_event({"event": "start", "cell": cell.name})
     code = _run_cell(argv, model_dir / CELL_LOG, env, stop)
