@@ -485,4 +485,7 @@ CASES = [
     Case("data_cli/validate_a_missing_data_dir", CONFIG,
          lambda tmp: rd.data_cli(tmp, "validate", "--benchmark", "cqa", "--data_dir", str(tmp / "none")),
          cli_error(r"exit 2: .*data directory .*none does not exist")),
+    Case("data_cli/train_vocab_from_a_missing_file", CONFIG,
+         lambda tmp: rd.data_cli(tmp, "train_vocab", "--input", str(tmp / "none.txt"), "--output", str(tmp / "x.model")),
+         cli_error(r"exit 2: .*--input file .*none.txt does not exist")),
 ]

@@ -61,7 +61,14 @@ def _train_vocab(args) -> int:
         return 2
     lines: List[str] = []
     for path in args.input:
-        lines.extend(pathlib.Path(path).read_text(encoding="utf-8").splitlines())
+        try:
+            lines.extend(pathlib.Path(path).read_text(encoding="utf-8").splitlines())
+        except FileNotFoundError:
+            print(f"error: --input file {path} does not exist", file=sys.stderr)
+            return 2
+        except UnicodeDecodeError as err:
+            print(f"error: --input file {path} is not UTF-8 text ({err.reason} at byte {err.start})", file=sys.stderr)
+            return 2
     print(vocab.train_sentencepiece(lines, args.output, args.vocab_size, args.model_type, args.split_digits))
     return 0
 
