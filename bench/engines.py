@@ -116,12 +116,20 @@ def run_t5x(args, work: pathlib.Path, vocab_file: pathlib.Path) -> dict:
     process = _run(cmd, _env(args, vocab_file), "t5x")
     summary = _t5x_scalars(model_dir / "train")
     last = summary[args.steps]
-    step_s = 1.0 / last["timing/steps_per_second"]
-    return {"engine": "upstream T5X (t5x.train, gin/t5x/dss_cqa_small.gin)", "s_per_step": step_s,
-            "examples_per_s": SEQUENCES_PER_STEP / 2 / step_s, "loss": last["loss"],
-            "loss_first_half": summary[half]["loss"], "loss_definition":
-                "T5X's: cross-entropy (+ z-loss 1e-4) of the mixture batch, AVERAGE_PER_SEQUENCE normalised",
-            "optimizer": "Adafactor (T5X t5_1_1), constant 1e-3", **process}
+    return _engine_result(
+        "upstream T5X (t5x.train, gin/t5x/dss_cqa_small.gin)", last["timing/steps_per_second"], last["loss"],
+        summary[half]["loss"],
+        "T5X's: cross-entropy (+ z-loss 1e-4) of the mixture batch, AVERAGE_PER_SEQUENCE normalised",
+        "Adafactor (T5X t5_1_1), constant 1e-3", process)
+
+
+def _engine_result(engine: str, steps_per_second: float, loss: float, loss_first_half: float,
+                   loss_definition: str, optimizer: str, process: dict) -> dict:
+    """One engine's result row: step time and throughput from its logged steps/s, plus its losses."""
+    step_s = 1.0 / steps_per_second
+    return {"engine": engine, "s_per_step": step_s, "examples_per_s": SEQUENCES_PER_STEP / 2 / step_s,
+            "loss": loss, "loss_first_half": loss_first_half, "loss_definition": loss_definition,
+            "optimizer": optimizer, **process}
 
 
 def _t5x_scalars(event_dir: pathlib.Path) -> dict[int, dict[str, float]]:
@@ -154,12 +162,10 @@ def run_dss_jax(args, work: pathlib.Path, vocab_file: pathlib.Path) -> dict:
     records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
     train = {r["step"]: r for r in records if r.get("kind") == "train"}
     last = train[args.steps]
-    step_s = 1.0 / last["steps_per_sec"]
-    return {"engine": "dss_jax (python -m dss_jax.train, gin/dss_cqa_small.gin)", "s_per_step": step_s,
-            "examples_per_s": SEQUENCES_PER_STEP / 2 / step_s, "loss": last["loss"],
-            "loss_first_half": train[half]["loss"], "loss_definition":
-                "dss_jax's paired objective: 0.5 label + 0.5 rationale token-mean cross-entropy",
-            "optimizer": "AdamW 5e-5, linear decay", **process}
+    return _engine_result(
+        "dss_jax (python -m dss_jax.train, gin/dss_cqa_small.gin)", last["steps_per_sec"], last["loss"],
+        train[half]["loss"], "dss_jax's paired objective: 0.5 label + 0.5 rationale token-mean cross-entropy",
+        "AdamW 5e-5, linear decay", process)
 
 
 def main(argv=None) -> int:

@@ -9,8 +9,8 @@ s/step, examples/s, tokens/s and MFU against the card's measured bf16 matmul pea
 vendor's dense bf16 peak. Then it times greedy decoding of rationale-length outputs (128
 new tokens, no early stop) with weights prepared once, and reports sequences/s and new
 tokens/s. Peak device memory comes from the device's allocator statistics (the host's
-peak RSS where the backend has none, as on CPU). Needs only jax, flax, optax and dss_jax
-(no seqio/TensorFlow, no ../shared).
+peak RSS where the backend has none, as on CPU). Needs only jax, flax, optax, dss_jax
+and bench/matmul_peak.py beside it (no seqio/TensorFlow, no ../shared).
 
     python bench/gpu_protocol.py                     # base + large training, base decoding
     python bench/gpu_protocol.py --tiny              # CPU smoke run of the whole script (seconds)
@@ -50,25 +50,16 @@ def vendor_peak(device) -> tuple[str, float | None]:
     return kind, None
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def matmul_peak(n: int, repeats: int = 10) -> float:
     """bf16 FLOP/s of an n x n x n matmul (float32 accumulation, bf16 result)."""
     import jax
     import jax.numpy as jnp
+    from matmul_peak import median_seconds  # bench/ is sys.path[0] for a script
 
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.bfloat16)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
     f = jax.jit(lambda x, y: x @ y)
-    return 2 * n**3 / _median_seconds(lambda: f(a, b).block_until_ready(), repeats)
+    return 2 * n**3 / median_seconds(lambda: f(a, b).block_until_ready(), repeats)
 
 
 def synthetic_packed_batch(rows: int, enc_len: int, dec_len: int, vocab: int, seed: int = 0):
@@ -231,6 +222,7 @@ def time_decoding(name: str, args, device) -> dict:
 
     from dss_jax import decoding
     from dss_jax.model import init_params
+    from matmul_peak import median_seconds  # bench/ is sys.path[0] for a script
 
     del device  # the default device
     config = bf16_config(name, args)
@@ -242,7 +234,7 @@ def time_decoding(name: str, args, device) -> dict:
     t0 = time.perf_counter()
     decode()
     compile_s = time.perf_counter() - t0
-    seconds = _median_seconds(decode, args.decode_repeats)
+    seconds = median_seconds(decode, args.decode_repeats)
     row = {"config": name, "dtype": "bfloat16", "batch": args.decode_batch, "input_len": args.decode_input_len,
            "new_tokens": args.decode_len, "decode_kernels": config.decode_kernels, "compile_s": compile_s,
            "median_s_per_batch": seconds, "sequences_per_s": args.decode_batch / seconds,

@@ -15,7 +15,7 @@ import statistics
 import time
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
     fn()  # compile / warm caches
     times = []
     for _ in range(repeats):
@@ -32,7 +32,7 @@ def xla_matmul_flops(n: int, repeats: int, dtype: str) -> float:
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype=getattr(jnp, dtype))
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype=getattr(jnp, dtype))
     matmul = jax.jit(lambda x, y: x @ y)
-    seconds = _median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
+    seconds = median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
     return 2.0 * n**3 / seconds
 
 
@@ -45,7 +45,7 @@ def torch_matmul_flops(n: int, repeats: int, dtype: str, threads: int) -> float 
     t = getattr(torch, dtype)
     a = torch.randn(n, n, dtype=t)
     b = torch.randn(n, n, dtype=t)
-    seconds = _median_seconds(lambda: a @ b, repeats)
+    seconds = median_seconds(lambda: a @ b, repeats)
     return 2.0 * n**3 / seconds
 
 
