@@ -15,6 +15,8 @@ import pathlib
 import subprocess
 import sys
 
+from checkpoint_damage_support import damages
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_GIN = "dss_arith_tiny.gin"
 
@@ -121,24 +123,8 @@ def _state(step: int) -> dict:
     return {"params": {"w": jnp.arange(3000, dtype=jnp.float32) * step}, "step": jnp.asarray(step, jnp.int32)}
 
 
-def _largest_data_file(step_dir: pathlib.Path) -> pathlib.Path:
-    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-               key=lambda p: p.stat().st_size)
-
-
-def _flip_byte(path: pathlib.Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 DAMAGES = {
-    "truncate": lambda step_dir: os.truncate(_largest_data_file(step_dir), 50),
-    "delete": lambda step_dir: _largest_data_file(step_dir).unlink(),
-    "empty_metadata": lambda step_dir: (step_dir / "state" / "_METADATA").write_text(""),
-    "flip_byte": lambda step_dir: _flip_byte(_largest_data_file(step_dir)),
-    "no_checksums": lambda step_dir: __import__("shutil").rmtree(step_dir / "checksums"),
-    "empty_position": lambda step_dir: (step_dir / "data" / "metadata").write_text(""),
+    **damages(truncate_to=50),
     "edited_position": lambda step_dir: (step_dir / "data" / "metadata").write_text('{"batches_consumed": 7}'),
 }
 

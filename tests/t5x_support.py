@@ -1,4 +1,4 @@
-"""Helpers of the upstream-T5X tests: is T5X installed, a tiny T5X model, a local 100extra vocabulary.
+"""Helpers of the upstream-T5X tests: is T5X installed, a tiny T5X model, running a module, built-once folders.
 
 T5X is installed into the test venv by `.ci/run` from ../shared/t5x (`install.sh`); without
 it every test that needs it skips with `T5X_SKIP_REASON`.
@@ -58,20 +58,6 @@ def t5x_gin_search_path() -> str:
     import t5x
 
     return str(pathlib.Path(t5x.__file__).resolve().parents[1])
-
-
-def add_sentinels(base: pathlib.Path, out: pathlib.Path, count: int = 100) -> pathlib.Path:
-    """`base` plus `<extra_id_{count-1}>`..`<extra_id_0>` pieces: the layout of cc_all.32000.100extra."""
-    from sentencepiece import sentencepiece_model_pb2
-
-    model = sentencepiece_model_pb2.ModelProto.FromString(base.read_bytes())
-    for i in reversed(range(count)):
-        piece = model.pieces.add()
-        piece.piece = f"<extra_id_{i}>"
-        piece.score = 0.0
-        piece.type = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
-    out.write_bytes(model.SerializeToString())
-    return out
 
 
 def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:

@@ -1,6 +1,5 @@
 """GPT-NeoX teacher outputs (the reference's `--llm gpt`): parse rules, file layout, tasks."""
 import json
-import re
 
 import pytest
 import seqio
@@ -10,61 +9,8 @@ from hypothesis import strategies as st
 import dss_tasks
 from dss_jax.data import parsing, readers
 from dss_jax.data.parsing import parse_teacher_output
+from reference_parsers_support import REFERENCE_GPT
 
-
-# --- the reference code's `_parse_gpt_output`, transcribed as oracles -------------------
-
-def reference_cqa_gpt(output):
-    rationale_label = output.split("Q:")[0].rstrip().lstrip()
-    try:
-        rationale, label = rationale_label.split("So the answer is")
-        rationale = rationale.rstrip()
-    except Exception:
-        return " ", " "
-    try:
-        label = re.split(r"\(.\)", label)[1].strip()
-        label = label if label[-1] != "." else label[:-1]
-    except Exception:
-        label = " "
-    return rationale, label
-
-
-def reference_svamp_gpt(output):
-    rationale_label = output.split("Q:")[0].rstrip().lstrip()
-    try:
-        rationale, label = rationale_label.split("The answer is")
-    except Exception:
-        return " ", " "
-    rationale = rationale.rstrip()
-    try:
-        label = re.search(r"\(.*\)", label).group(0)
-    except Exception:
-        label = " "
-    return rationale, label
-
-
-def reference_esnli_gpt(output):
-    rationale = output.split("Answer:")[0].rstrip().lstrip()
-    try:
-        label = output.split("Answer: ")[1].split("Premise")[0].rstrip()
-    except Exception:
-        label = " "
-    return rationale, label
-
-
-def reference_anli1_gpt(output):
-    try:
-        rationale, label = output.split("Premise:")[0].rstrip().lstrip().split("So the answer is")
-    except Exception:
-        try:
-            rationale, label = output.split("Premise:")[0].rstrip().lstrip().split("The answer is")
-        except Exception:
-            rationale, label = "", ""
-    return rationale.rstrip(), label.lstrip()[:-1]
-
-
-REFERENCE_GPT = {"cqa": reference_cqa_gpt, "svamp": reference_svamp_gpt, "esnli": reference_esnli_gpt,
-                 "anli1": reference_anli1_gpt}
 FRAGMENTS = ["So the answer is", "The answer is", "Q:", "Premise:", "Premise", "Answer:", "Answer: ", "(a)",
              "(b) ", "(", ")", ".", " ", "\n", "  x", "(3 + 4)", "neutral."]
 completions = st.one_of(st.text(max_size=60),

@@ -1,6 +1,5 @@
 """Teacher-output parsing: the reference code's splits, failure values, and a fuzz."""
 import json
-import re
 
 import pytest
 from hypothesis import given, settings
@@ -8,65 +7,9 @@ from hypothesis import strategies as st
 
 from dss_jax.data import parsing
 from dss_jax.data.parsing import parse_teacher_output
+from reference_parsers_support import REFERENCE, reference_cqa_label
 
 BENCHMARKS = ["cqa", "svamp", "esnli", "anli1", "arith"]
-
-
-# --- the reference code's parsers, transcribed as oracles (they may raise) -------------
-
-def reference_cqa_label(label):
-    try:
-        label = re.split(r"\(.\)", label)[1].strip()
-        label = label if label[-1] != "." else label[:-1]
-    except Exception:
-        label = " "
-    return label
-
-
-def reference_cqa(output):
-    rationale_label = output.split("Q:")[0].rstrip()
-    rationale, label = rationale_label.split("So the answer is")
-    return rationale.rstrip(), reference_cqa_label(label)
-
-
-def reference_svamp(output):
-    rationale_label = output.split("Q:")[0].rstrip()
-    try:
-        rationale, label = rationale_label.split("The answer is")
-    except Exception:
-        return " ", " "
-    rationale = rationale.rstrip()
-    try:
-        label = re.search(r"\(.*\)", label).group(0)
-    except Exception:
-        label = " "
-    return rationale, label
-
-
-def reference_esnli(output):
-    rationale = output.split("Answer:")[0].rstrip()
-    try:
-        label = output.split("Answer: ")[1].split("Premise")[0].rstrip()
-    except Exception:
-        label = " "
-    return rationale, label
-
-
-def reference_anli1(output):
-    try:
-        rationale, label = output.split("Premise:")[0].rstrip().split("So the answer is")
-    except Exception:
-        rationale, label = "", ""
-    return rationale.rstrip(), label.lstrip()[:-1]
-
-
-REFERENCE = {
-    "cqa": reference_cqa,
-    "svamp": reference_svamp,
-    "arith": reference_svamp,
-    "esnli": reference_esnli,
-    "anli1": reference_anli1,
-}
 
 
 # --- known rows of the real teacher outputs ------------------------------------------

@@ -20,7 +20,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from t5x_support import add_sentinels, built_once, requires_t5x, run_module, t5x_gin_search_path
+from t5x_support import built_once, requires_t5x, run_module, t5x_gin_search_path
+from vocab_support import add_sentinels
 
 pytestmark = requires_t5x
 
@@ -130,14 +131,18 @@ def test_t5x_training_checkpoint_loads_into_dss_jax(cqa_run):
     assert np.isfinite(np.asarray(params["decoder"]["logits_dense"]["kernel"])).all()
 
 
-def test_t5x_eval_scores_the_trained_checkpoint_on_gold_test_labels(cqa_run, tmp_path, local_t5_vocab, env):
-    out = tmp_path / "eval"
+def _t5x_cqa_eval_records(checkpoint: pathlib.Path, out: pathlib.Path, local_t5_vocab, env) -> list[dict]:
+    """python -m t5x.eval of `checkpoint` on 8 cqa gold test examples: its metrics records."""
     run_module("t5x.eval", [
         f"--gin_file={GIN_DIR / 'dss_cqa_small_eval.gin'}", *_common_flags(local_t5_vocab),
-        f"--gin.CHECKPOINT_PATH='{cqa_run / f'checkpoint_{TRAIN_STEPS}'}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
+        f"--gin.CHECKPOINT_PATH='{checkpoint}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
         "--gin.seqio.Evaluator.num_examples=8", "--gin.utils.DatasetConfig.batch_size=8"], env)
-    records = [json.loads(line) for line in
-               (out / "inference_eval" / "dss_cqa_label_gold-metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in
+            (out / "inference_eval" / "dss_cqa_label_gold-metrics.jsonl").read_text().splitlines()]
+
+
+def test_t5x_eval_scores_the_trained_checkpoint_on_gold_test_labels(cqa_run, tmp_path, local_t5_vocab, env):
+    records = _t5x_cqa_eval_records(cqa_run / f"checkpoint_{TRAIN_STEPS}", tmp_path / "eval", local_t5_vocab, env)
     assert [r["step"] for r in records] == [TRAIN_STEPS] and "accuracy" in records[0]
 
 
@@ -189,13 +194,7 @@ def test_export_writes_the_runs_step_as_a_t5x_step_directory(exported):
 
 
 def test_exported_dss_jax_run_is_restored_by_t5x_eval(exported, tmp_path, local_t5_vocab, env):
-    out = tmp_path / "eval"
-    run_module("t5x.eval", [
-        f"--gin_file={GIN_DIR / 'dss_cqa_small_eval.gin'}", *_common_flags(local_t5_vocab),
-        f"--gin.CHECKPOINT_PATH='{exported}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
-        "--gin.seqio.Evaluator.num_examples=8", "--gin.utils.DatasetConfig.batch_size=8"], env)
-    records = [json.loads(line) for line in
-               (out / "inference_eval" / "dss_cqa_label_gold-metrics.jsonl").read_text().splitlines()]
+    records = _t5x_cqa_eval_records(exported, tmp_path / "eval", local_t5_vocab, env)
     assert [r["step"] for r in records] == [EXPORTED_STEP]
 
 

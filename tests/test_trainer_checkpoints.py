@@ -15,6 +15,8 @@ import pytest
 from dss_jax import checkpoints, get_config, trainer
 from dss_jax.model import init_params
 
+from checkpoint_damage_support import damages, flip_byte, largest_data_file
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -86,25 +88,7 @@ def _three_steps(directory) -> checkpoints.CheckpointManager:
     return checkpoints.CheckpointManager(directory, save_every=1, keep=None, async_save=False)
 
 
-def _largest_data_file(step_dir: pathlib.Path) -> pathlib.Path:
-    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-               key=lambda p: p.stat().st_size)
-
-
-def _flip_a_byte(path: pathlib.Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-DAMAGES = {
-    "truncated data file": lambda step_dir: os.truncate(_largest_data_file(step_dir), 100),
-    "deleted data file": lambda step_dir: _largest_data_file(step_dir).unlink(),
-    "empty array metadata": lambda step_dir: (step_dir / "state" / "_METADATA").write_text(""),
-    "empty data position": lambda step_dir: (step_dir / "data" / "metadata").write_text(""),
-    "one flipped byte": lambda step_dir: _flip_a_byte(_largest_data_file(step_dir)),
-    "deleted checksums": lambda step_dir: __import__("shutil").rmtree(step_dir / "checksums"),
-}
+DAMAGES = damages(truncate_to=100)
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
@@ -121,7 +105,7 @@ def test_a_damaged_latest_step_falls_back_to_the_previous_one_and_says_why(tmp_p
 
 def test_changed_bytes_are_refused_not_loaded(tmp_path):
     manager = _three_steps(tmp_path / "ckpt")
-    _flip_a_byte(_largest_data_file(tmp_path / "ckpt" / "3"))
+    flip_byte(largest_data_file(tmp_path / "ckpt" / "3"))
     with pytest.raises(checkpoints.CheckpointDamagedError, match=r"differ from what was saved \(w\)"):
         manager.restore(ABSTRACT, 3)
     manager.close()
@@ -138,7 +122,7 @@ def test_a_changed_data_position_is_refused_not_loaded(tmp_path):
 
 def test_damaged_steps_are_moved_aside_intact_and_the_run_saves_that_step_again(tmp_path):
     manager = _three_steps(tmp_path / "ckpt")
-    victim = _largest_data_file(tmp_path / "ckpt" / "3")
+    victim = largest_data_file(tmp_path / "ckpt" / "3")
     os.truncate(victim, 100)
     files_before = sorted(p.relative_to(tmp_path / "ckpt" / "3") for p in (tmp_path / "ckpt" / "3").rglob("*"))
     manager.restore_latest(ABSTRACT, say=lambda _: None)
@@ -154,7 +138,7 @@ def test_damaged_steps_are_moved_aside_intact_and_the_run_saves_that_step_again(
 def test_no_restorable_step_is_one_error_listing_every_step_and_reason(tmp_path):
     manager = _three_steps(tmp_path / "ckpt")
     for step in (1, 2, 3):
-        os.truncate(_largest_data_file(tmp_path / "ckpt" / str(step)), 10)
+        os.truncate(largest_data_file(tmp_path / "ckpt" / str(step)), 10)
     with pytest.raises(checkpoints.CheckpointRestoreError) as raised:
         manager.restore_latest(ABSTRACT, say=lambda _: None)
     manager.close()
@@ -167,7 +151,7 @@ def test_no_restorable_step_is_one_error_listing_every_step_and_reason(tmp_path)
 
 def test_reading_params_for_eval_skips_a_damaged_step_without_moving_it(tmp_path):
     _three_steps(tmp_path / "ckpt").close()
-    os.truncate(_largest_data_file(tmp_path / "ckpt" / "3"), 100)
+    os.truncate(largest_data_file(tmp_path / "ckpt" / "3"), 100)
     abstract = {"w": ABSTRACT["w"], "b": ABSTRACT["b"]}
     said = []
     with pytest.raises(checkpoints.CheckpointRestoreError):  # params are under "params" in a trainer checkpoint
@@ -176,7 +160,7 @@ def test_reading_params_for_eval_skips_a_damaged_step_without_moving_it(tmp_path
     for step in (1, 2):
         manager.save(step, {"params": {"w": _small_state(step)["w"]}, "step": step}, {"batches_consumed": step})
     manager.close()
-    os.truncate(_largest_data_file(tmp_path / "params" / "2"), 10)
+    os.truncate(largest_data_file(tmp_path / "params" / "2"), 10)
     params, step = checkpoints.restore_latest_params(tmp_path / "params", {"w": ABSTRACT["w"]}, say=said.append)
     assert step == 1 and np.array_equal(np.asarray(params["w"]), np.asarray(_small_state(1)["w"]))
     assert said and "using checkpoint step 1" in said[-1]

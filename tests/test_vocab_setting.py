@@ -3,9 +3,9 @@ import pathlib
 
 import pytest
 import seqio
-from sentencepiece import sentencepiece_model_pb2
 
 from dss_jax.data import vocab
+from vocab_support import add_sentinels
 
 T5_SENTINELS = 100
 # T5 1.1 checkpoints: 32,100 ids padded to 32,128 embedding rows.
@@ -20,18 +20,6 @@ def no_override(monkeypatch):
     vocab.set_vocab_setting(None)
 
 
-def _with_sentinels(base: pathlib.Path, out: pathlib.Path, count: int) -> pathlib.Path:
-    """Appends `<extra_id_{count-1}>`..`<extra_id_0>` as pieces, the layout of cc_all.32000.100extra."""
-    model = sentencepiece_model_pb2.ModelProto.FromString(base.read_bytes())
-    for i in reversed(range(count)):
-        piece = model.pieces.add()
-        piece.piece = f"<extra_id_{i}>"
-        piece.score = 0.0
-        piece.type = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
-    out.write_bytes(model.SerializeToString())
-    return out
-
-
 @pytest.fixture(scope="module")
 def spm_with_100_extras(tmp_path_factory) -> tuple[pathlib.Path, int]:
     """A small SentencePiece model trained here, plus 100 sentinel pieces of its own."""
@@ -39,7 +27,7 @@ def spm_with_100_extras(tmp_path_factory) -> tuple[pathlib.Path, int]:
     lines = [f"question {i}: what is {i} plus {i + 1}? the answer is {2 * i + 1}." for i in range(300)]
     base = vocab.train_sentencepiece(lines, d / "base.model", vocab_size=200)
     base_size = seqio.SentencePieceVocabulary(str(base)).vocab_size
-    return _with_sentinels(base, d / "base.100extra.model", T5_SENTINELS), base_size
+    return add_sentinels(base, d / "base.100extra.model", T5_SENTINELS), base_size
 
 
 def test_t5_setting_adds_no_extra_ids_to_the_100extra_file():
