@@ -389,7 +389,7 @@ def run_entrypoint(prog: str, doc: str | None, argv: Sequence[str] | None, fn,
         fn()
     except tuple(codes) as err:
         print(f"{prog}: {error_message(err)}", file=sys.stderr, flush=True)
-        return codes[type(err)] if type(err) in codes else next(c for t, c in codes.items() if isinstance(err, t))
+        return next(code for kind, code in codes.items() if isinstance(err, kind))
     except user_errors() as err:
         print(f"{prog}: error: {error_message(err)}", file=sys.stderr, flush=True)
         return 2

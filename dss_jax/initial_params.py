@@ -28,10 +28,10 @@ from typing import Any
 
 from dss_jax import storage
 from dss_jax.configs import T5Config
+from dss_jax.experiment import RANDOM_INIT  # the one spelling of an explicit random start
 
 logger = logging.getLogger(__name__)
 
-RANDOM_INIT = "random"
 HF_WEIGHT_PATTERNS = ("config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors")
 HF_FLAX_PATTERNS = ("flax_model.msgpack", "flax_model.msgpack.index.json", "flax_model-*.msgpack")
 HF_PYTORCH_PATTERNS = ("pytorch_model.bin",)

@@ -226,12 +226,7 @@ def drop_records_after(path, step: int) -> int:
     previous = old.read_text() if old.exists() else ""
     old.write_text(previous + "".join(line if line.endswith("\n") else line + "\n" for line in superseded))
     text = "".join(keep)
-    if storage.is_remote(path):
-        path.write_text(text)
-    else:
-        tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(os.fspath(tmp), os.fspath(path))
+    storage.write_text_atomically(path, text)
     return len(superseded)
 
 

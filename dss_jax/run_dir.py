@@ -118,9 +118,9 @@ class RunDir:
                     f"Use a new MODEL_DIR, restore the recorded settings, or allow these to change with "
                     f"--gin.train.resume_may_change=\"{[name for name, _, _ in diffs]!r}\"{unsaved}.")
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.experiment_file, experiment_lib.dumps(experiment, run))
+        storage.write_text_atomically(self.experiment_file, experiment_lib.dumps(experiment, run))
         if gin_text is not None:
-            _write_atomic(self.path / CONFIG_GIN_FILE, gin_text)
+            storage.write_text_atomically(self.path / CONFIG_GIN_FILE, gin_text)
         return resuming
 
     @contextlib.contextmanager
@@ -253,16 +253,6 @@ def lease(path, renew_every: float = LEASE_RENEW_S, settle_s: float = LEASE_SETT
         if _read_lease(path).get("token") == mine["token"]:
             with contextlib.suppress(Exception):
                 path.unlink()
-
-
-def _write_atomic(path, text: str) -> None:
-    """Write ``text`` so that readers see the old or the new file, never a part."""
-    if storage.is_remote(path):
-        path.write_text(text)  # object stores replace objects whole
-        return
-    tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(os.fspath(tmp), os.fspath(path))
 
 
 def restore_for_inference(directory: RunDir, model_config, mesh_config, step: int | None = None):

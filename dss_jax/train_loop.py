@@ -91,8 +91,7 @@ class Components:
 class Due:
     """What the loop does after a step."""
 
-    fetch: bool  # bring the metrics to the host (and check them for NaN/Inf)
-    log: bool
+    log: bool  # bring the metrics to the host, check them for NaN/Inf, write a line (at every save too)
     save: bool
     eval: bool
 
@@ -102,7 +101,7 @@ def due(step: int, run: experiment_lib.RunConfig, stopping: bool) -> Due:
     save = step % run.checkpoint.every == 0 or last or stopping
     log = step % run.train.log_every == 0 or save  # a line ends at every checkpoint: a resume continues the lines
     evaluate = bool(run.eval.every) and step % run.eval.every == 0 and not (last or stopping)
-    return Due(fetch=log or save, log=log, save=save, eval=evaluate)
+    return Due(log=log, save=save, eval=evaluate)
 
 
 def train(experiment: experiment_lib.Experiment, run: experiment_lib.RunConfig, model_dir: str, *,
@@ -142,10 +141,9 @@ def train(experiment: experiment_lib.Experiment, run: experiment_lib.RunConfig, 
                     logger.advance()
                     stopping = guard.triggered  # read once: the signal may arrive at any moment
                     now = due(step, run, stopping)
-                    if now.fetch:
+                    if now.log:  # before any save: no state after a NaN/Inf loss is written
                         meter.check_finite(f"step {last_good} in {directory.checkpoints}" if last_good is not None
                                            else "none saved")
-                    if now.log:
                         logger.log_train(step, meter.line(step, parts.learning_rate_fn(step - 1)))
                     if now.save:
                         ckpt.save(step, state, stream.position(consumed), force=True)

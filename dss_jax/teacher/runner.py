@@ -17,10 +17,10 @@ import json
 import logging
 import os
 import pathlib
-import secrets
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from dss_jax import storage
 from dss_jax.teacher.benchmarks import TeacherBenchmark, file_split_name
 from dss_jax.teacher.cache import CachedCompletion, CompletionCache, request_hash
 from dss_jax.teacher.client import GenerationConfig, TeacherClient, TeacherRequestError
@@ -80,39 +80,9 @@ def output_file_paths(out_dir: os.PathLike, benchmark: str, split: str, num_rows
     return [llm_dir / f"{file_split_name(split)}_CoT_{i}.json" for i in range(num_files)]
 
 
-def _create_exclusive(folder: pathlib.Path, name: str) -> Tuple[int, str]:
-    """A new temp file in `folder`, created 0o666 minus the umask (mkstemp would force 0o600)."""
-    for _ in range(100):
-        tmp = str(folder / f".{name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temporary file next to {folder / name}")
-
-
-def write_text_atomically(path: pathlib.Path, text: str) -> None:
-    """Write `text` to a temp file in the same folder, fsync, then rename over `path`.
-
-    The file gets the user's normal permissions (0o666 minus the umask), like any other file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_exclusive(path.parent, path.name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json_atomically(path: pathlib.Path, value: object) -> None:
-    """`value` as JSON, written atomically (see write_text_atomically)."""
-    write_text_atomically(path, json.dumps(value))
+    """`value` as JSON, written atomically (see storage.write_text_atomically)."""
+    storage.write_text_atomically(path, json.dumps(value))
 
 
 def write_completion_files(
@@ -269,7 +239,8 @@ def run_teacher(
         benchmark, file_split, client.model, rows, everything, len(cached), len(pending), failed, aborted,
         output_files, new_prompt_tokens, new_completion_tokens, time.monotonic() - started, source,
     )
-    write_text_atomically(runs_dir(out_dir) / f"{benchmark.name}_{file_split}_report.json", report.to_json() + "\n")
+    storage.write_text_atomically(runs_dir(out_dir) / f"{benchmark.name}_{file_split}_report.json",
+                                  report.to_json() + "\n")
     return report
 
 
