@@ -210,26 +210,21 @@ class CheckpointManager:
         ``<checkpoints>_damaged/`` (not deleted).  Raises ``CheckpointRestoreError`` when
         there are steps and none restores; then nothing is moved.
         """
-        failures: list[tuple[int, str]] = []
-        for step in reversed(self.all_steps()):
-            try:
-                state, position = self.restore(abstract_state, step)
-            except CheckpointDamagedError as err:
-                failures.append((step, str(err)))
-                continue
+        found, failures = newest_that_restores(self.all_steps(), lambda step: self.restore(abstract_state, step))
+        if found is None:
             if failures:
-                moved = self._set_aside([s for s, _ in failures])
-                say(f"checkpoint step(s) {', '.join(str(s) for s, _ in failures)} could not be used; resuming "
-                    f"from step {step}, the newest that restores and verifies.\n"
-                    + "\n".join(f"  step {s}: {why}" for s, why in failures)
-                    + f"\n  moved (not deleted) to {moved}")
-            return state, position, step
+                raise CheckpointRestoreError(
+                    f"no checkpoint in {self.directory} restores ({len(failures)} step(s) tried):\n"
+                    + _reasons(failures)
+                    + "\nMove them aside to start again from the initial checkpoint, or restore them from a copy.")
+            return None
+        (state, position), step = found
         if failures:
-            raise CheckpointRestoreError(
-                f"no checkpoint in {self.directory} restores ({len(failures)} step(s) tried):\n"
-                + "\n".join(f"  step {s}: {why}" for s, why in failures)
-                + f"\nMove them aside to start again from the initial checkpoint, or restore them from a copy.")
-        return None
+            moved = self._set_aside([s for s, _ in failures])
+            say(f"checkpoint step(s) {', '.join(str(s) for s, _ in failures)} could not be used; resuming "
+                f"from step {step}, the newest that restores and verifies.\n{_reasons(failures)}"
+                f"\n  moved (not deleted) to {moved}")
+        return state, position, step
 
     def _set_aside(self, steps: list[int]):
         """Move damaged steps out of orbax's directory (primary host; all hosts then re-read it)."""
@@ -344,19 +339,30 @@ def restore_latest_params(directory: str | os.PathLike, abstract_params: Any, st
     steps = checkpoint_steps(directory)
     if not steps:
         raise FileNotFoundError(f"no complete checkpoint in {directory}")
-    failures = []
-    for candidate in reversed(steps):
+    found, failures = newest_that_restores(steps, lambda step: restore_params(directory / str(step), abstract_params))
+    if found is None:
+        raise CheckpointRestoreError(f"no checkpoint in {directory} restores ({len(failures)} step(s) tried):\n"
+                                     + _reasons(failures))
+    params, step = found
+    if failures:
+        say(f"using checkpoint step {step}: newer step(s) could not be used:\n{_reasons(failures)}")
+    return params, step
+
+
+def newest_that_restores(steps, restore: Callable[[int], Any]):
+    """``((restored, step) or None, [(step, reason), ...])``: ``restore`` tried from the newest step down,
+    stopping at the first that does not raise ``CheckpointDamagedError``."""
+    failures: list[tuple[int, str]] = []
+    for step in sorted(steps, reverse=True):
         try:
-            params = restore_params(directory / str(candidate), abstract_params)
+            return (restore(step), step), failures
         except CheckpointDamagedError as err:
-            failures.append((candidate, str(err)))
-            continue
-        if failures:
-            say(f"using checkpoint step {candidate}: newer step(s) could not be used:\n"
-                + "\n".join(f"  step {s}: {why}" for s, why in failures))
-        return params, candidate
-    raise CheckpointRestoreError(f"no checkpoint in {directory} restores ({len(failures)} step(s) tried):\n"
-                                 + "\n".join(f"  step {s}: {why}" for s, why in failures))
+            failures.append((step, str(err)))
+    return None, failures
+
+
+def _reasons(failures) -> str:
+    return "\n".join(f"  step {s}: {why}" for s, why in failures)
 
 
 def _read_json_item(path) -> Any:
